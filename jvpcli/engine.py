@@ -1,0 +1,611 @@
+"""The JVP engine: ``jvp`` and ``jvp_with_info``.
+
+A drop-in replacement for :func:`torch.autograd.functional.jvp` (same signature, results, flags and
+errors) that computes with forward-mode AD by default, and falls back where PyTorch's forward mode
+has gaps. This module imports only torch; it knows nothing of files, configs or terminals.
+
+How a call runs (``method="auto"``):
+
+1. Forward mode: each input becomes a dual tensor carrying its tangent, ``func`` runs once, and each
+   output's tangent is J·v. With ``create_graph=False`` no reverse graph is recorded at all, so no
+   activation is kept alive after its last use.
+2. Kernels that have no forward-mode rule but an equivalent that has one are swapped for that call
+   only: attention always runs on the math SDPA backend with the ``nn.MultiheadAttention`` fast path
+   off (the fused CPU kernels support neither forward mode nor double backward); oneDNN RNN kernels
+   are turned off when they are the ones that failed.
+3. Where an op has no forward-mode rule at all (a custom ``autograd.Function`` without ``jvp``), the
+   product is computed with the double-backward trick instead.
+
+``strict=True`` needs to know which inputs each output depends on, which forward mode alone cannot
+tell: strict calls also record the reverse graph's *structure* (saved tensors are discarded as they
+are packed, so it costs no activation memory) and read the dependencies off it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+__all__ = ["METHODS", "Fallback", "JvpInfo", "JvpResult", "jvp", "jvp_with_info"]
+
+METHODS: tuple[str, ...] = ("auto", "forward", "double-backward")
+"""The values ``method`` accepts."""
+
+TensorOrTuple = Tensor | tuple[Tensor, ...]
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """An attempt that failed before the one that produced the result.
+
+    Attributes:
+        method: the method that was attempted ("forward" or "double-backward").
+        reason: the first line of the error it raised.
+        remedy: what was changed for the next attempt.
+    """
+
+    method: str
+    reason: str
+    remedy: str
+
+    def __str__(self) -> str:
+        return f"{self.method} failed ({self.reason}); {self.remedy}"
+
+
+@dataclass(frozen=True)
+class JvpInfo:
+    """How a JVP was computed.
+
+    Attributes:
+        method: the method requested ("auto", "forward" or "double-backward").
+        method_used: the method that produced the result ("forward" or "double-backward").
+        fallbacks: the attempts that failed before, in order, with why and what changed.
+        seconds: wall time of the whole call, fallbacks included.
+    """
+
+    method: str
+    method_used: str
+    fallbacks: tuple[Fallback, ...]
+    seconds: float
+
+    def __str__(self) -> str:
+        if not self.fallbacks:
+            return self.method_used
+        return f"{self.method_used} (" + "; ".join(str(f) for f in self.fallbacks) + ")"
+
+
+@dataclass(frozen=True)
+class JvpResult:
+    """What :func:`jvp_with_info` returns: the two results of :func:`jvp` and how they were made."""
+
+    func_output: TensorOrTuple
+    jvp: TensorOrTuple
+    info: JvpInfo
+
+
+def jvp(
+    func: Callable[..., TensorOrTuple],
+    inputs: TensorOrTuple,
+    v: TensorOrTuple | None = None,
+    create_graph: bool = False,
+    strict: bool = False,
+    *,
+    method: str = "auto",
+) -> tuple[TensorOrTuple, TensorOrTuple]:
+    """Compute the Jacobian-vector product of ``func`` at ``inputs`` along ``v``.
+
+    A drop-in replacement for :func:`torch.autograd.functional.jvp`.
+
+    Args:
+        func: a Python function that takes Tensors positionally and returns a Tensor or a tuple of
+            Tensors. Outputs of integer or bool dtype get a zero tangent.
+        inputs: the point at which to differentiate: a Tensor or a tuple of Tensors, of floating
+            point or complex dtype.
+        v: the direction: a Tensor or tuple of Tensors with the structure, sizes, dtypes and devices
+            of ``inputs``. May be ``None`` only when ``inputs`` is a single Tensor with a single
+            element, and then stands for 1.
+        create_graph: if True, both results are differentiable with respect to ``inputs`` and ``v``
+            (also inside ``torch.no_grad()``); if False, neither result has history.
+        strict: if True, raise RuntimeError when an output does not depend on the inputs, when an
+            input influences no output, and (with ``create_graph``) when the Jacobian does not
+            depend on the inputs. If False, independent outputs get a zero jvp.
+        method: "auto" (forward mode, with fallbacks where it has gaps), "forward" (forward mode
+            only) or "double-backward" (the reverse-of-reverse trick PyTorch's own jvp uses).
+
+    Returns:
+        ``(func_output, jvp)``: each a Tensor, or a tuple when ``func`` returned a tuple.
+
+    Raises:
+        TypeError: ``inputs``, ``v`` or the outputs of ``func`` are not a Tensor or tuple of Tensors.
+        RuntimeError: ``v`` does not match ``inputs``; a strict-mode violation; ``func`` modified
+            an input in place.
+        ValueError: ``method`` is not one of :data:`METHODS`.
+        Exception: whatever ``func`` raises propagates unchanged.
+    """
+    result = jvp_with_info(func, inputs, v, create_graph, strict, method=method)
+    return result.func_output, result.jvp
+
+
+def jvp_with_info(
+    func: Callable[..., TensorOrTuple],
+    inputs: TensorOrTuple,
+    v: TensorOrTuple | None = None,
+    create_graph: bool = False,
+    strict: bool = False,
+    *,
+    method: str = "auto",
+) -> JvpResult:
+    """Like :func:`jvp`, and also say how the product was computed.
+
+    Takes the same arguments and raises the same errors as :func:`jvp`.
+
+    Returns:
+        A :class:`JvpResult`: ``func_output`` and ``jvp`` as :func:`jvp` returns them, and
+        ``info``, a :class:`JvpInfo` with the method that produced them and the fallbacks tried.
+    """
+    if method not in METHODS:
+        raise ValueError(
+            f"jvp got an invalid method {method!r}: expected one of "
+            + ", ".join(repr(m) for m in METHODS)
+            + "."
+        )
+    start = time.perf_counter()
+    is_inputs_tuple, inputs = _as_tuple(inputs, "inputs")
+    _check_differentiable_dtypes(inputs, is_inputs_tuple)
+    if v is None:
+        if len(inputs) != 1 or inputs[0].nelement() != 1:
+            raise RuntimeError(
+                "The vector v can only be None if the input to the user-provided function is a "
+                "single Tensor with a single element."
+            )
+        v = (torch.ones_like(inputs[0]),)
+    else:
+        _, v = _as_tuple(v, "v")
+        _validate_v(v, inputs, is_inputs_tuple)
+
+    fallbacks: list[Fallback] = []
+    outcome = None
+    if method in ("auto", "forward"):
+        try:
+            outcome = _forward_with_retries(func, inputs, v, create_graph, strict, fallbacks)
+        except (NotImplementedError, RuntimeError) as error:
+            if method == "forward" or not _lacks_forward_rule(error):
+                raise
+            fallbacks.append(
+                Fallback("forward", _first_line(error), "computed with double-backward instead")
+            )
+        # The failed attempt's traceback (and the activations its frames hold) is gone by here.
+    if outcome is None:
+        with _forward_friendly_kernels():
+            outcome = _double_backward(func, inputs, v, create_graph, strict)
+        method_used = "double-backward"
+    else:
+        method_used = "forward"
+
+    is_outputs_tuple, outputs, tangents = outcome
+    info = JvpInfo(method, method_used, tuple(fallbacks), time.perf_counter() - start)
+    return JvpResult(
+        _tuple_postprocess(outputs, is_outputs_tuple),
+        _tuple_postprocess(tangents, is_outputs_tuple),
+        info,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Argument checks. Messages keep the phrases of torch.autograd.functional so that code matching
+# on them keeps working.
+
+
+def _as_tuple(value: object, arg_name: str) -> tuple[bool, tuple[Tensor, ...]]:
+    is_tuple = isinstance(value, tuple)
+    values = value if is_tuple else (value,)
+    for i, element in enumerate(values):
+        if not isinstance(element, Tensor):
+            where = f"the value at index {i}" if is_tuple else f"the given {arg_name}"
+            raise TypeError(
+                f"The {arg_name} given to jvp must be either a Tensor or a tuple of Tensors but "
+                f"{where} has type {type(element)}."
+            )
+    return is_tuple, values
+
+
+def _check_differentiable_dtypes(inputs: tuple[Tensor, ...], is_inputs_tuple: bool) -> None:
+    for i, x in enumerate(inputs):
+        if not (x.is_floating_point() or x.is_complex()):
+            where = f"Entry {i} in inputs" if is_inputs_tuple else "The input"
+            raise RuntimeError(
+                f"{where} has dtype {x.dtype}: jvp differentiates with respect to its inputs, and "
+                "only Tensors of floating point and complex dtype can require gradients."
+            )
+
+
+def _validate_v(v: tuple[Tensor, ...], inputs: tuple[Tensor, ...], is_inputs_tuple: bool) -> None:
+    if len(v) != len(inputs):
+        if is_inputs_tuple:
+            raise RuntimeError(
+                f"v is a tuple of invalid length: should be {len(inputs)} but got {len(v)}."
+            )
+        raise RuntimeError("The given v should contain a single Tensor.")
+    for i, (t, x) in enumerate(zip(v, inputs)):
+        prefix = f"Entry {i} in " if is_inputs_tuple else ""
+        if t.size() != x.size():
+            raise RuntimeError(
+                f"{prefix}v has invalid size: should be {x.size()} but got {t.size()}."
+            )
+        if t.dtype != x.dtype:
+            raise RuntimeError(
+                f"{prefix}v has invalid dtype: should be {x.dtype} (the dtype of the input) but "
+                f"got {t.dtype}."
+            )
+        if t.device != x.device:
+            raise RuntimeError(
+                f"{prefix}v has invalid device: should be {x.device} (the device of the input) but "
+                f"got {t.device}."
+            )
+
+
+def _tuple_postprocess(values: tuple[Tensor, ...], was_tuple: bool) -> TensorOrTuple:
+    return values if was_tuple else values[0]
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# Kernel choices that make forward mode (and double backward) possible.
+
+
+@contextlib.contextmanager
+def _forward_friendly_kernels() -> Iterator[None]:
+    """Run attention in a form that forward mode and double backward support, for this call only.
+
+    The fused CPU attention kernels (flash SDPA, the ``nn.MultiheadAttention`` /
+    ``nn.TransformerEncoderLayer`` fast path) have neither a forward-mode rule nor a double
+    backward; the math backend has both.
+    """
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+@contextlib.contextmanager
+def _onednn_disabled() -> Iterator[None]:
+    # torch.backends.mkldnn.flags() would also reset oneDNN's TF32 switch, which warns on CPU builds.
+    enabled = torch._C._get_mkldnn_enabled()
+    torch._C._set_mkldnn_enabled(False)
+    try:
+        yield
+    finally:
+        torch._C._set_mkldnn_enabled(enabled)
+
+
+def _lacks_forward_rule(error: BaseException) -> bool:
+    """Whether ``error`` says an op has no forward-mode AD rule (rather than being a user error)."""
+    message = str(error)
+    return (
+        "forward AD" in message
+        or "forward mode" in message
+        or "forward-mode" in message
+        or ("jvp" in message and isinstance(error, NotImplementedError))
+    )
+
+
+def _needs_reverse_graph(error: BaseException) -> bool:
+    """Whether ``func`` failed because it differentiates internally with torch.autograd."""
+    return "does not require grad and does not have a grad_fn" in str(error)
+
+
+# --------------------------------------------------------------------------------------------
+# Forward mode.
+
+
+def _forward_with_retries(
+    func: Callable[..., object],
+    inputs: tuple[Tensor, ...],
+    v: tuple[Tensor, ...],
+    create_graph: bool,
+    strict: bool,
+    fallbacks: list[Fallback],
+) -> tuple[bool, tuple[Tensor, ...], tuple[Tensor, ...]]:
+    """Forward mode, retried with another kernel choice when the one taken has no forward rule."""
+    onednn_off = False
+    record_graph = False
+    while True:
+        settings = contextlib.ExitStack()
+        settings.enter_context(_forward_friendly_kernels())
+        if onednn_off:
+            settings.enter_context(_onednn_disabled())
+        try:
+            with settings:
+                return _forward(func, inputs, v, create_graph, strict, record_graph)
+        except (NotImplementedError, RuntimeError) as error:
+            reason = _first_line(error)
+            if not onednn_off and "mkldnn" in reason and _lacks_forward_rule(error):
+                onednn_off = True
+                remedy = "retried with oneDNN kernels off"
+            elif not record_graph and _needs_reverse_graph(error):
+                record_graph = True
+                remedy = "retried with inputs that require grad, as the function differentiates"
+            else:
+                raise
+        fallbacks.append(Fallback("forward", reason, remedy))
+
+
+def _forward(
+    func: Callable[..., object],
+    inputs: tuple[Tensor, ...],
+    v: tuple[Tensor, ...],
+    create_graph: bool,
+    strict: bool,
+    record_graph: bool,
+) -> tuple[bool, tuple[Tensor, ...], tuple[Tensor, ...]]:
+    # The reverse graph is recorded only when it is needed: to differentiate the results
+    # (create_graph), to read dependencies off it (strict), or because func differentiates itself.
+    track = create_graph or strict or record_graph
+    if track:
+        primals = _grad_preprocess(inputs, create_graph, need_graph=True)
+        tangents = _grad_preprocess(v, create_graph, need_graph=False)
+    else:
+        primals = tuple(x.detach() for x in inputs)
+        tangents = tuple(t.detach() for t in v)
+    versions = [x._version for x in primals]
+
+    saved_tensors = contextlib.nullcontext()
+    if not (create_graph or record_graph):
+        # Strict mode only reads the graph's structure: keep none of the tensors it would save.
+        saved_tensors = torch.autograd.graph.saved_tensors_hooks(_discard, _discarded)
+    with torch.set_grad_enabled(track), saved_tensors, fwAD.dual_level():
+        duals = tuple(fwAD.make_dual(p, t) for p, t in zip(primals, tangents))
+        is_outputs_tuple, outputs = _as_tuple(func(*duals), "outputs of the user-provided function")
+        unpacked = [fwAD.unpack_dual(out) for out in outputs]
+
+    if not track:
+        for i, (x, version) in enumerate(zip(primals, versions)):
+            if x._version != version:
+                raise RuntimeError(
+                    f"The user-provided function modified input {i} in place, which jvp does not "
+                    "allow (torch.autograd.functional.jvp raises here too: a leaf Variable that "
+                    "requires grad is being used in an in-place operation). The tensor passed as "
+                    f"input {i} now holds the modified values."
+                )
+    if strict:
+        _check_outputs_require_grad(outputs)
+        _check_dependencies(outputs, primals)
+        if create_graph:
+            _check_jacobian_dependence(outputs, primals, tangents)
+
+    results = []
+    jvps = []
+    for primal, tangent in unpacked:
+        if tangent is None or tangent._is_zerotensor():
+            tangent = torch.zeros_like(primal)
+        if create_graph:
+            results.append(primal)
+            jvps.append(tangent)
+        else:
+            results.append(primal.detach())
+            jvps.append(tangent.detach())
+    return is_outputs_tuple, tuple(results), tuple(jvps)
+
+
+def _discard(_: Tensor) -> None:
+    return None
+
+
+def _discarded(_: None) -> Tensor:
+    raise RuntimeError("jvpcli: a strict-mode dependency graph was used for a backward pass.")
+
+
+def _check_dependencies(outputs: tuple[Tensor, ...], inputs: tuple[Tensor, ...]) -> None:
+    """Raise PyTorch's strict-mode errors for inputs no output depends on and vice versa.
+
+    Walks the reverse graph from each output; an input is reached through its AccumulateGrad node
+    (a leaf) or its own grad_fn (a view of a user tensor that requires grad, with create_graph).
+    """
+    leaf_index = {id(x): i for i, x in enumerate(inputs) if x.grad_fn is None}
+    node_index = {id(x.grad_fn): i for i, x in enumerate(inputs) if x.grad_fn is not None}
+    anchors = [x.grad_fn for x in inputs]  # keeps the nodes, so their ids stay unique
+    reached: set[int] = set()
+    output_reaches = []
+    for out in outputs:
+        found = _reachable_inputs(out, leaf_index, node_index, len(inputs))
+        output_reaches.append(bool(found))
+        reached |= found
+    del anchors
+    for i in range(len(inputs)):
+        if i not in reached:
+            raise RuntimeError(
+                f"The output of the user-provided function is independent of input {i}. This is "
+                "not allowed in strict mode."
+            )
+    for i, reaches in enumerate(output_reaches):
+        if not reaches:
+            _raise_independent_of_grad_output(i)
+
+
+def _check_jacobian_dependence(
+    outputs: tuple[Tensor, ...], primals: tuple[Tensor, ...], tangents: tuple[Tensor, ...]
+) -> None:
+    """Raise PyTorch's strict error for an output whose jvp does not depend on the inputs.
+
+    The tangents' own graph cannot tell: forward-mode rules multiply the primal by zero tangents of
+    constants (``2 * x`` has the tangent ``2 * v + 0 * x``), which links them structurally to the
+    input. The reverse-of-reverse graph has no such links, so the check is made on it, as
+    torch.autograd.functional.jvp does: twice the cost of a backward pass, only when both strict
+    and create_graph are set.
+    """
+    grad_outputs = tuple(torch.zeros_like(out, requires_grad=True) for out in outputs)
+    with torch.enable_grad():
+        grad_inputs = torch.autograd.grad(
+            outputs, primals, grad_outputs, create_graph=True, allow_unused=True
+        )
+        used = [(g, t) for g, t in zip(grad_inputs, tangents) if g is not None and g.requires_grad]
+        if not used:
+            _raise_independent_of_grad_output(0)
+        grad_results = torch.autograd.grad(
+            [g for g, _ in used],
+            grad_outputs,
+            [t for _, t in used],
+            create_graph=True,
+            allow_unused=True,
+        )
+    for i, grad_result in enumerate(grad_results):
+        if grad_result is None:
+            _raise_independent_of_grad_output(i)
+        if not grad_result.requires_grad:
+            _raise_jacobian_independent(i)
+
+
+def _reachable_inputs(
+    out: Tensor, leaf_index: dict[int, int], node_index: dict[int, int], n_inputs: int
+) -> set[int]:
+    if id(out) in leaf_index:
+        return {leaf_index[id(out)]}
+    found: set[int] = set()
+    seen: dict[int, object] = {}
+    stack = [out.grad_fn]
+    while stack and len(found) < n_inputs:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen[id(node)] = node
+        if id(node) in node_index:
+            found.add(node_index[id(node)])
+            continue
+        variable = getattr(node, "variable", None)
+        if variable is not None:
+            if id(variable) in leaf_index:
+                found.add(leaf_index[id(variable)])
+            continue
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# Double backward: the trick torch.autograd.functional.jvp uses, with integer outputs allowed.
+
+
+def _double_backward(
+    func: Callable[..., object],
+    inputs: tuple[Tensor, ...],
+    v: tuple[Tensor, ...],
+    create_graph: bool,
+    strict: bool,
+) -> tuple[bool, tuple[Tensor, ...], tuple[Tensor, ...]]:
+    with torch.enable_grad():
+        primals = _grad_preprocess(inputs, create_graph, need_graph=True)
+        tangents = _grad_preprocess(v, create_graph, need_graph=False)
+        is_outputs_tuple, outputs = _as_tuple(
+            func(*primals), "outputs of the user-provided function"
+        )
+        if strict:
+            _check_outputs_require_grad(outputs)
+
+        # The backward is linear in grad_outputs, so their value does not matter (only that it is
+        # finite): they are differentiated away below.
+        differentiable = [i for i, out in enumerate(outputs) if out.requires_grad]
+        grad_outputs = {i: torch.zeros_like(outputs[i], requires_grad=True) for i in differentiable}
+        if differentiable:
+            grad_inputs = torch.autograd.grad(
+                [outputs[i] for i in differentiable],
+                primals,
+                [grad_outputs[i] for i in differentiable],
+                create_graph=True,
+                allow_unused=True,
+            )
+        else:
+            grad_inputs = (None,) * len(primals)
+        if strict:
+            for i, grad_input in enumerate(grad_inputs):
+                if grad_input is None:
+                    raise RuntimeError(
+                        f"The output of the user-provided function is independent of input {i}. "
+                        "This is not allowed in strict mode."
+                    )
+                if not grad_input.requires_grad:
+                    raise RuntimeError(
+                        f"The gradient with respect to input {i} is independent of the inputs of "
+                        "the user-provided function. This is not allowed in strict mode."
+                    )
+
+        used = [(g, t) for g, t in zip(grad_inputs, tangents) if g is not None and g.requires_grad]
+        if used:
+            grad_results = torch.autograd.grad(
+                [g for g, _ in used],
+                [grad_outputs[i] for i in differentiable],
+                [t for _, t in used],
+                create_graph=create_graph,
+                allow_unused=True,
+            )
+            by_output = dict(zip(differentiable, grad_results))
+        else:
+            by_output = {}
+
+        jvps = []
+        for i, out in enumerate(outputs):
+            tangent = by_output.get(i)
+            if tangent is None:
+                if strict:
+                    _raise_independent_of_grad_output(i)
+                tangent = torch.zeros_like(out)
+            elif strict and create_graph and not tangent.requires_grad:
+                _raise_jacobian_independent(i)
+            jvps.append(tangent)
+
+    if not create_graph:
+        return is_outputs_tuple, tuple(o.detach() for o in outputs), tuple(jvps)
+    return is_outputs_tuple, outputs, tuple(jvps)
+
+
+# --------------------------------------------------------------------------------------------
+# Shared by both methods.
+
+
+def _grad_preprocess(
+    tensors: tuple[Tensor, ...], create_graph: bool, need_graph: bool
+) -> tuple[Tensor, ...]:
+    """Fresh tensors for the call: attached to the caller's graph when it is to be extended."""
+    return tuple(
+        t.view_as(t) if create_graph and t.requires_grad else t.detach().requires_grad_(need_graph)
+        for t in tensors
+    )
+
+
+def _check_outputs_require_grad(outputs: tuple[Tensor, ...]) -> None:
+    for i, out in enumerate(outputs):
+        if not out.requires_grad:
+            raise RuntimeError(
+                f"Output {i} of the user-provided function does not require gradients. The "
+                "outputs must be computed in a differentiable manner from the input when running "
+                "in strict mode."
+            )
+
+
+def _raise_independent_of_grad_output(i: int) -> None:
+    raise RuntimeError(
+        f"The gradient with respect to the input is independent of entry {i} in the "
+        "grad_outputs when using the double backward trick to compute forward mode gradients. "
+        "This is not allowed in strict mode."
+    )
+
+
+def _raise_jacobian_independent(i: int) -> None:
+    raise RuntimeError(
+        f"The jacobian of the user-provided function is independent of input {i}. This is not "
+        f"allowed in strict mode when create_graph=True. (Here {i} indexes the output whose jvp "
+        "does not depend on the inputs, as in torch.autograd.functional.jvp: a function linear "
+        "in its inputs, for example.)"
+    )
