@@ -123,7 +123,8 @@ def jvp(
         ``(func_output, jvp)``: each a Tensor, or a tuple when ``func`` returned a tuple.
 
     Raises:
-        TypeError: ``inputs``, ``v`` or the outputs of ``func`` are not a Tensor or tuple of Tensors.
+        TypeError: ``inputs``, ``v`` or the outputs of ``func`` are not a Tensor or a tuple of
+            Tensors.
         RuntimeError: ``v`` does not match ``inputs``; a strict-mode violation; ``func`` modified
             an input in place.
         ValueError: ``method`` is not one of :data:`METHODS`.
@@ -233,7 +234,7 @@ def _validate_v(v: tuple[Tensor, ...], inputs: tuple[Tensor, ...], is_inputs_tup
                 f"v is a tuple of invalid length: should be {len(inputs)} but got {len(v)}."
             )
         raise RuntimeError("The given v should contain a single Tensor.")
-    for i, (t, x) in enumerate(zip(v, inputs)):
+    for i, (t, x) in enumerate(zip(v, inputs, strict=True)):
         prefix = f"Entry {i} in " if is_inputs_tuple else ""
         if t.size() != x.size():
             raise RuntimeError(
@@ -283,7 +284,7 @@ def _forward_friendly_kernels() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _onednn_disabled() -> Iterator[None]:
-    # torch.backends.mkldnn.flags() would also reset oneDNN's TF32 switch, which warns on CPU builds.
+    # torch.backends.mkldnn.flags() would also reset oneDNN's TF32 switch, which warns on CPU.
     enabled = torch._C._get_mkldnn_enabled()
     torch._C._set_mkldnn_enabled(False)
     try:
@@ -368,12 +369,12 @@ def _forward(
         # Strict mode only reads the graph's structure: keep none of the tensors it would save.
         saved_tensors = torch.autograd.graph.saved_tensors_hooks(_discard, _discarded)
     with torch.set_grad_enabled(track), saved_tensors, fwAD.dual_level():
-        duals = tuple(fwAD.make_dual(p, t) for p, t in zip(primals, tangents))
+        duals = tuple(fwAD.make_dual(p, t) for p, t in zip(primals, tangents, strict=True))
         is_outputs_tuple, outputs = _as_tuple(func(*duals), "outputs of the user-provided function")
         unpacked = [fwAD.unpack_dual(out) for out in outputs]
 
     if not track:
-        for i, (x, version) in enumerate(zip(primals, versions)):
+        for i, (x, version) in enumerate(zip(primals, versions, strict=True)):
             if x._version != version:
                 raise RuntimeError(
                     f"The user-provided function modified input {i} in place, which jvp does not "
@@ -452,7 +453,11 @@ def _check_jacobian_dependence(
         grad_inputs = torch.autograd.grad(
             outputs, primals, grad_outputs, create_graph=True, allow_unused=True
         )
-        used = [(g, t) for g, t in zip(grad_inputs, tangents) if g is not None and g.requires_grad]
+        used = [
+            (g, t)
+            for g, t in zip(grad_inputs, tangents, strict=True)
+            if g is not None and g.requires_grad
+        ]
         if not used:
             _raise_independent_of_grad_output(0)
         grad_results = torch.autograd.grad(
@@ -541,7 +546,11 @@ def _double_backward(
                         "the user-provided function. This is not allowed in strict mode."
                     )
 
-        used = [(g, t) for g, t in zip(grad_inputs, tangents) if g is not None and g.requires_grad]
+        used = [
+            (g, t)
+            for g, t in zip(grad_inputs, tangents, strict=True)
+            if g is not None and g.requires_grad
+        ]
         if used:
             grad_results = torch.autograd.grad(
                 [g for g, _ in used],
@@ -550,7 +559,7 @@ def _double_backward(
                 create_graph=create_graph,
                 allow_unused=True,
             )
-            by_output = dict(zip(differentiable, grad_results))
+            by_output = dict(zip(differentiable, grad_results, strict=True))
         else:
             by_output = {}
 
