@@ -304,9 +304,13 @@ def _lacks_forward_rule(error: BaseException) -> bool:
     )
 
 
+_DISCARDED = "jvpcli recorded this graph for strict mode without its saved tensors"
+
+
 def _needs_reverse_graph(error: BaseException) -> bool:
     """Whether ``func`` failed because it differentiates internally with torch.autograd."""
-    return "does not require grad and does not have a grad_fn" in str(error)
+    message = str(error)
+    return "does not require grad and does not have a grad_fn" in message or _DISCARDED in message
 
 
 # --------------------------------------------------------------------------------------------
@@ -407,7 +411,7 @@ def _discard(_: Tensor) -> None:
 
 
 def _discarded(_: None) -> Tensor:
-    raise RuntimeError("jvpcli: a strict-mode dependency graph was used for a backward pass.")
+    raise RuntimeError(_DISCARDED)
 
 
 def _check_dependencies(outputs: tuple[Tensor, ...], inputs: tuple[Tensor, ...]) -> None:
