@@ -33,6 +33,8 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from jvpcli._tangent_rules import FastTangentRules
+
 __all__ = ["METHODS", "Fallback", "JvpInfo", "JvpResult", "jvp", "jvp_with_info"]
 
 METHODS: tuple[str, ...] = ("auto", "forward", "double-backward")
@@ -372,9 +374,11 @@ def _forward(
     if not (create_graph or record_graph):
         # Strict mode only reads the graph's structure: keep none of the tensors it would save.
         saved_tensors = torch.autograd.graph.saved_tensors_hooks(_discard, _discarded)
-    with torch.set_grad_enabled(track), saved_tensors, fwAD.dual_level():
+    with torch.set_grad_enabled(track), saved_tensors, fwAD.dual_level() as level:
         duals = tuple(fwAD.make_dual(p, t) for p, t in zip(primals, tangents, strict=True))
-        is_outputs_tuple, outputs = _as_tuple(func(*duals), "outputs of the user-provided function")
+        with FastTangentRules(level):
+            raw_outputs = func(*duals)
+        is_outputs_tuple, outputs = _as_tuple(raw_outputs, "outputs of the user-provided function")
         unpacked = [fwAD.unpack_dual(out) for out in outputs]
 
     if not track:

@@ -1,0 +1,121 @@
+"""The fast tangent rules give PyTorch's numbers, with and without create_graph.
+
+Each case runs through jvpcli's forward method (where the rules are active) and is compared with
+torch.autograd.functional.jvp (double backward, no rules involved); create_graph cases are checked
+with gradcheck / gradgradcheck.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.autograd.functional import jvp as torch_jvp
+
+from jvpcli import jvp
+from jvpcli._tangent_rules import _RULES
+
+torch.manual_seed(0)
+D = torch.float64
+C = torch.randn(3, 4, dtype=D)  # a constant: no tangent
+W = torch.randn(5, 4, dtype=D)
+B = torch.randn(5, dtype=D)
+K2 = torch.randn(2, 2, 2, 2, dtype=D)
+KT = torch.randn(2, 3, 2, 2, dtype=D)
+
+# (id, func, input shapes): every func has exactly one dual operand per rule application, which is
+# the case the rules take over; "both-dual" cases check the hand-off to PyTorch's own rule.
+CASES = [
+    ("mul-scalar", lambda x: x * 0.5, [(3, 4)]),
+    ("rmul-scalar", lambda x: 0.5 * x, [(3, 4)]),
+    ("mul-const-broadcast", lambda x: x[0] * C, [(3, 4)]),
+    ("torch-mul-const", lambda x: torch.mul(C, x), [(3, 4)]),
+    ("mul-both-dual", lambda x, y: x * y, [(3, 4), (3, 4)]),
+    ("add-scalar", lambda x: x + 1.5, [(3, 4)]),
+    ("radd-scalar", lambda x: 1.5 + x, [(3, 4)]),
+    ("add-const-broadcast-up", lambda x: x[0] + C, [(3, 4)]),
+    ("add-alpha-const-first", lambda x: torch.add(C, x, alpha=-2.5), [(3, 4)]),
+    ("add-alpha-dual-first", lambda x: torch.add(x, C, alpha=3.0), [(3, 4)]),
+    ("add-float32-const-promotes", lambda x: x + C.float(), [(3, 4)]),
+    ("add-both-dual", lambda x, y: x + y, [(3, 4), (4,)]),
+    ("sub-const", lambda x: x - C, [(3, 4)]),
+    ("sub-from-const", lambda x: C - x, [(3, 4)]),
+    ("sub-alpha", lambda x: torch.sub(C, x, alpha=2.0), [(3, 4)]),
+    ("rsub-scalar", lambda x: 1.0 - x, [(3, 4)]),
+    ("torch-rsub-alpha", lambda x: torch.rsub(x, 2.0, alpha=3.0), [(3, 4)]),
+    ("div-scalar", lambda x: x / 4.0, [(3, 4)]),
+    ("div-const", lambda x: x / (C.abs() + 1), [(3, 4)]),
+    ("div-by-dual", lambda x: C / (x.abs() + 1), [(3, 4)]),
+    ("div-floor-mode", lambda x: torch.div(x, 0.3, rounding_mode="floor") + x, [(3, 4)]),
+    ("matmul-left", lambda x: x @ W.T, [(3, 4)]),
+    ("matmul-right", lambda x: W @ x, [(4, 3)]),
+    ("matmul-vector", lambda x: torch.matmul(x, W[0]), [(3, 4)]),
+    ("matmul-both-dual", lambda x, y: x @ y, [(3, 4), (4, 2)]),
+    ("mm", lambda x: torch.mm(x, W.T), [(3, 4)]),
+    ("bmm", lambda x: torch.bmm(x, W.T.expand(2, 4, 5)), [(2, 3, 4)]),
+    ("linear-bias", lambda x: F.linear(x, W, B), [(3, 4)]),
+    ("linear-bias-kwarg", lambda x: F.linear(x, W, bias=B), [(3, 4)]),
+    ("linear-no-bias", lambda x: F.linear(x, W), [(2, 3, 4)]),
+    ("linear-dual-weight", lambda x, w: F.linear(x, w, B), [(3, 4), (5, 4)]),
+    ("linear-dual-bias", lambda x, b: F.linear(x, W, b), [(3, 4), (5,)]),
+    ("addmm", lambda x: torch.addmm(B, x, W.T), [(3, 4)]),
+    ("addmm-alpha-beta", lambda x: torch.addmm(B, x, W.T, beta=0.5, alpha=2.0), [(3, 4)]),
+    ("addmm-dual-right", lambda x: torch.addmm(B[:3, None], W[:3], x, alpha=-1.0), [(4, 5)]),
+    ("addmm-dual-bias", lambda b, x: torch.addmm(b, x, W.T), [(5,), (3, 4)]),
+    ("baddbmm", lambda x: torch.baddbmm(B, x, W.T.expand(2, 4, 5), alpha=0.5), [(2, 3, 4)]),
+    ("conv1d", lambda x: F.conv1d(x, K2[:, :, 0], B[:2]), [(1, 2, 3)]),
+    ("conv2d-stride-padding", lambda x: F.conv2d(x, K2, None, 2, 1), [(1, 2, 3, 3)]),
+    (
+        "conv2d-bias-kwarg",
+        lambda x: F.conv2d(x, K2, bias=B[:2], padding=1),
+        [(1, 2, 5, 5)],
+    ),
+    ("conv2d-groups", lambda x: F.conv2d(x, K2[:, :1], groups=2), [(1, 2, 3, 3)]),
+    ("conv3d", lambda x: F.conv3d(x, K2[..., None], padding=(1, 0, 0)), [(1, 2, 3, 2, 2)]),
+    ("conv-transpose2d", lambda x: F.conv_transpose2d(x, KT, None, 2, 1, 1), [(1, 2, 3, 3)]),
+    ("conv-transpose1d", lambda x: F.conv_transpose1d(x, KT[:, :, 0]), [(1, 2, 4)]),
+    ("module-linear", torch.nn.Linear(4, 5).double(), [(3, 4)]),
+    ("module-conv", torch.nn.Conv2d(2, 3, 2, padding=1).double(), [(1, 2, 3, 3)]),
+    ("chain", lambda x: ((x * 2 - 1) @ W.T + B).tanh() / 3 + 0.1, [(3, 4)]),
+]
+
+
+def _inputs(shapes, requires_grad=False):
+    return tuple(torch.randn(*s, dtype=D, requires_grad=requires_grad) for s in shapes)
+
+
+@pytest.mark.parametrize(("func", "shapes"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_rule_matches_torch(func, shapes):
+    inputs, v = _inputs(shapes), _inputs(shapes)
+    expected = torch_jvp(func, inputs, v)
+    got = jvp(func, inputs, v, method="forward")
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize(("func", "shapes"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_rule_is_differentiable_with_create_graph(func, shapes):
+    n = len(shapes)
+
+    def jvp_of_inputs_and_v(*tensors):
+        return jvp(func, tensors[:n], tensors[n:], create_graph=True, method="forward")
+
+    tensors = _inputs(shapes, requires_grad=True) + _inputs(shapes, requires_grad=True)
+    assert torch.autograd.gradcheck(jvp_of_inputs_and_v, tensors)
+    assert torch.autograd.gradgradcheck(jvp_of_inputs_and_v, tensors)
+
+
+def test_rules_are_used_for_the_ops_they_cover():
+    for func in (torch.mul, torch.Tensor.__rmul__, F.linear, F.conv2d, torch.addmm, torch.rsub):
+        assert func in _RULES
+
+
+def test_float32_model_matches_torch():
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8 * 6 * 6, 10),
+    )
+    x, v = torch.randn(2, 3, 6, 6), torch.randn(2, 3, 6, 6)
+    torch.testing.assert_close(jvp(model, x, v), torch_jvp(model, x, v))
