@@ -25,6 +25,8 @@ from torch.overrides import TorchFunctionMode
 
 Rule = Callable[[int, Callable[..., Any], tuple, dict], Any]
 
+_NUMBERS = frozenset({int, float, complex})
+
 
 def _split(value: Any, level: int) -> tuple[Any, Tensor | None]:
     """The primal and tangent of ``value`` (a tangent of None: a constant)."""
@@ -34,6 +36,7 @@ def _split(value: Any, level: int) -> tuple[Any, Tensor | None]:
 
 
 def _dual(primal: Tensor, tangent: Tensor, level: int) -> Tensor:
+    # A tangent of another shape is expanded here; make_dual copies it into the primal's layout.
     if tangent.dtype != primal.dtype:
         tangent = tangent.to(primal.dtype)
     if tangent.shape != primal.shape:
@@ -45,6 +48,12 @@ def _bilinear(level: int, func: Callable[..., Any], args: tuple, kwargs: dict) -
     """``func(a, b)`` linear in each of ``a`` and ``b``: the tangent of the one dual operand."""
     if len(args) != 2:
         return NotImplemented
+    if type(args[1]) in _NUMBERS and isinstance(args[0], Tensor):
+        # The hot case (x * 0.5): the result has the tangent's dtype and shape, nothing to adjust.
+        a, a_t = torch._unpack_dual(args[0], level)
+        if a_t is None:
+            return NotImplemented
+        return torch._make_dual(func(a, args[1], **kwargs), func(a_t, args[1], **kwargs), level)
     a, a_t = _split(args[0], level)
     b, b_t = _split(args[1], level)
     if (a_t is None) == (b_t is None):
@@ -65,10 +74,15 @@ def _additive(sign_of_second: float) -> Rule:
         if (a_t is None) == (b_t is None):
             return NotImplemented
         primal = func(a, b, **kwargs)
-        if b_t is None:
-            return _dual(primal, a_t, level)
-        scale = sign_of_second * kwargs.get("alpha", 1)
-        return _dual(primal, b_t if scale == 1 else b_t * scale, level)
+        scale = 1 if b_t is None else sign_of_second * kwargs.get("alpha", 1)
+        tangent = a_t if b_t is None else b_t
+        if scale != 1:
+            tangent = tangent * scale
+        elif tangent.shape == primal.shape:
+            # A fresh tensor: the result's tangent must not alias the operand's, or an in-place op
+            # on the result would change the operand's tangent (and the caller's v) too.
+            tangent = tangent.clone()
+        return _dual(primal, tangent, level)
 
     return rule
 
@@ -176,10 +190,11 @@ class FastTangentRules(TorchFunctionMode):
     def __torch_function__(
         self, func: Callable[..., Any], types: tuple, args: tuple = (), kwargs: dict | None = None
     ) -> Any:
-        kwargs = kwargs or {}
         rule = _RULES.get(func)
         if rule is not None:
-            result = rule(self.level, func, args, kwargs)
+            result = rule(self.level, func, args, kwargs or {})
             if result is not NotImplemented:
                 return result
-        return func(*args, **kwargs)
+        if kwargs:
+            return func(*args, **kwargs)
+        return func(*args)

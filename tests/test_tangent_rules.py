@@ -119,3 +119,21 @@ def test_float32_model_matches_torch():
     )
     x, v = torch.randn(2, 3, 6, 6), torch.randn(2, 3, 6, 6)
     torch.testing.assert_close(jvp(model, x, v), torch_jvp(model, x, v))
+
+
+@pytest.mark.parametrize(
+    "func",
+    [
+        pytest.param(lambda x: (x + 0.1).mul_(2) + x * 3, id="add-scalar-then-in-place"),
+        pytest.param(lambda x: (x - C).mul_(2) + x, id="sub-const-then-in-place"),
+        pytest.param(lambda x: (C + x).div_(2) + x, id="radd-const-then-in-place"),
+        pytest.param(lambda x: (x[0] + C).mul_(2), id="broadcast-add-then-in-place"),
+    ],
+)
+def test_in_place_op_on_a_result_leaves_the_operands_tangent_and_v_alone(func):
+    x, v = torch.randn(3, 4, dtype=D), torch.randn(3, 4, dtype=D)
+    v_before = v.clone()
+    expected = torch_jvp(func, x, v)
+    got = jvp(func, x, v, method="forward")
+    torch.testing.assert_close(got, expected)
+    assert torch.equal(v, v_before)
