@@ -1,0 +1,303 @@
+"""Turn a config's ``function`` into a callable: a function, a model, an exported program.
+
+Loading a function module executes its Python code: a config is as trusted as a Makefile. Weights
+are read from safetensors files only. Errors raise :class:`~jvpcli.errors.FunctionLoadError`,
+naming the file and line where the user's code failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import logging
+import re
+import sys
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import nn
+
+from jvpcli.config import (
+    ExportedFunction,
+    FunctionSpec,
+    ModelFunction,
+    PlainFunction,
+    Reference,
+)
+from jvpcli.errors import FunctionLoadError, display_path, format_shape, user_location
+from jvpcli.tensors import read_header, read_tensors
+
+__all__ = ["LoadedFunction", "load_function"]
+
+
+@dataclass(frozen=True)
+class LoadedFunction:
+    """A callable ready for the engine, and what the rest of a run needs to know about it.
+
+    Attributes:
+        func: the callable; an ``nn.Module`` is in eval mode with its parameters frozen.
+        name: how messages name it, e.g. ``"exp_reducer"``.
+        parameters: the names of its positional parameters, or ``None`` when they cannot be known.
+        required: how many of them have no default.
+        source_files: the user's Python files it comes from, to point at in error messages.
+        files: the files it was loaded from, by role (``"function"``, ``"function.weights"``,
+            ``"function.exported"``), whose digests a result records.
+    """
+
+    func: Callable[..., Any]
+    name: str
+    parameters: tuple[str, ...] | None
+    required: int
+    source_files: tuple[Path, ...]
+    files: Mapping[str, Path]
+
+
+def load_function(spec: FunctionSpec) -> LoadedFunction:
+    """Load the function a config describes.
+
+    Args:
+        spec: a plain function, a model to build (and load weights into), or an exported archive.
+
+    Returns:
+        The callable, with its parameter names and the files it came from.
+
+    Raises:
+        FunctionLoadError: the module is missing or fails to import; the name is not in it or is
+            not callable; building the model fails; the weights do not fit the model; the archive
+            is not a loadable ``torch.export`` program.
+        TensorFileError: the weights file is missing or corrupt.
+    """
+    if isinstance(spec, ExportedFunction):
+        return _load_exported(spec.archive)
+    module = _import(spec.ref)
+    source_files = (Path(module.__file__),) if getattr(module, "__file__", None) else ()
+    files = {"function": Path(spec.ref.module)} if spec.ref.is_file else {}
+    target = _lookup(module, spec.ref)
+    if isinstance(spec, PlainFunction):
+        if inspect.isclass(target):
+            raise FunctionLoadError(
+                f"{spec.ref} is a class. To build a model from it, write\n"
+                f"  function: {{target: {spec.ref}, init: {{...}}, weights: FILE.safetensors}}"
+            )
+        func = target
+    else:
+        func = _build(target, spec, source_files)
+        if spec.weights is not None:
+            _load_weights(func, spec, spec.weights)
+            files["function.weights"] = spec.weights
+    if isinstance(func, nn.Module):
+        func.eval().requires_grad_(False)
+    parameters, required = _positional_parameters(func)
+    return LoadedFunction(func, spec.ref.name, parameters, required, source_files, files)
+
+
+def _import(ref: Reference) -> ModuleType:
+    if not ref.is_file:
+        return _import_dotted(ref)
+    path = Path(ref.module)
+    if not path.is_file():
+        raise FunctionLoadError(f"function file {display_path(path)} does not exist.")
+    stem = re.sub(r"\W", "_", path.stem)
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:10]
+    name = f"_jvpcli_user_{stem}_{digest}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise FunctionLoadError(f"cannot import {display_path(path)} as a Python module.")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses, pickling and torch.export look modules up there
+    try:
+        with _first_on_path(path.parent):
+            spec.loader.exec_module(module)
+    except Exception as error:
+        del sys.modules[name]
+        raise _import_failure(display_path(path), error, [path]) from error
+    return module
+
+
+def _import_dotted(ref: Reference) -> ModuleType:
+    try:
+        with _first_on_path(ref.search_dir):
+            return importlib.import_module(ref.module)
+    except ModuleNotFoundError as error:
+        if error.name is not None and (ref.module + ".").startswith(error.name + "."):
+            raise FunctionLoadError(
+                f"no module named {error.name!r}: {ref.module!r} is neither installed nor a "
+                f"module below {display_path(ref.search_dir)}. For a file, write FILE.py:NAME."
+            ) from error
+        raise _import_failure(ref.module, error, []) from error
+    except Exception as error:
+        raise _import_failure(ref.module, error, []) from error
+
+
+def _import_failure(module: str, error: Exception, files: list[Path]) -> FunctionLoadError:
+    return FunctionLoadError(
+        f"importing {module} failed: {type(error).__name__}: {error}",
+        location=user_location(error, files),
+    )
+
+
+@contextlib.contextmanager
+def _first_on_path(folder: Path) -> Iterator[None]:
+    # The user's module imports its siblings as a script would; sys.path is restored after.
+    entry = str(folder)
+    sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(entry)
+
+
+def _lookup(module: ModuleType, ref: Reference) -> Any:
+    value: Any = module
+    for depth, part in enumerate(ref.name.split(".")):
+        if not hasattr(value, part):
+            owner = ref.module if depth == 0 else ".".join(ref.name.split(".")[:depth])
+            shown = display_path(Path(owner)) if depth == 0 and ref.is_file else owner
+            candidates = [n for n in dir(value) if not n.startswith("_")]
+            close = difflib.get_close_matches(part, candidates, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            defined = [n for n in candidates if callable(getattr(value, n, None))]
+            listing = f" It defines: {', '.join(defined[:12])}." if defined and depth == 0 else ""
+            raise FunctionLoadError(f"{shown} has no {part!r}.{hint}{listing}")
+        value = getattr(value, part)
+    if not callable(value):
+        raise FunctionLoadError(
+            f"{ref} is {type(value).__name__}, not a function, model or model class."
+        )
+    return value
+
+
+def _build(
+    target: Callable[..., Any], spec: ModelFunction, source_files: tuple[Path, ...]
+) -> Callable[..., Any]:
+    arguments = ", ".join(f"{k}={v!r}" for k, v in spec.init.items())
+    try:
+        model = target(**spec.init)
+    except Exception as error:
+        raise FunctionLoadError(
+            f"building the model {spec.ref.name}({arguments}) failed: "
+            f"{type(error).__name__}: {error}",
+            location=user_location(error, source_files),
+        ) from error
+    if not callable(model):
+        raise FunctionLoadError(
+            f"{spec.ref.name}({arguments}) returned {type(model).__name__}, which is not callable."
+        )
+    return model
+
+
+def _load_weights(model: Callable[..., Any], spec: ModelFunction, weights: Path) -> None:
+    if not isinstance(model, nn.Module):
+        raise FunctionLoadError(
+            f"function.weights needs an nn.Module, but {spec.ref.name} built a "
+            f"{type(model).__name__}."
+        )
+    header = read_header(weights, "function.weights")
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    found = {name: info.shape for name, info in header.tensors.items()}
+    missing = [name for name in expected if name not in found]
+    unexpected = [name for name in found if name not in expected]
+    wrong = [
+        f"{name!r} is {format_shape(found[name])} in the file, {format_shape(shape)} in the model"
+        for name, shape in expected.items()
+        if name in found and found[name] != shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {_some(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {_some(unexpected)}")
+    if wrong:
+        problems.append("shape mismatch: " + _some(wrong, quote=False))
+    if problems:
+        arguments = ", ".join(f"{k}={v!r}" for k, v in spec.init.items())
+        raise FunctionLoadError(
+            f"the weights in {display_path(weights)} do not fit {spec.ref.name}({arguments}): "
+            + "; ".join(problems)
+            + ". Check function.init against the model that saved them."
+        )
+    model.load_state_dict(read_tensors(header), strict=True)
+
+
+def _load_exported(archive: Path) -> LoadedFunction:
+    shown = display_path(archive)
+    if not archive.is_file():
+        raise FunctionLoadError(f"exported archive {shown} does not exist.")
+    if not zipfile.is_zipfile(archive):
+        raise FunctionLoadError(
+            f"{shown} is not a torch.export archive (not a zip file); write one with "
+            "torch.export.save."
+        )
+    # torch.export.load logs the real error with its traceback, then raises a vaguer one: keep the
+    # logged error for the message, and the traceback off the terminal.
+    logged = _LoggedErrors()
+    export_log = logging.getLogger("torch.export")
+    handlers, export_log.handlers = export_log.handlers, [logged]
+    was_propagating, export_log.propagate = export_log.propagate, False
+    try:
+        program = torch.export.load(archive)
+    except Exception as error:
+        cause = logged.errors[0] if logged.errors else error
+        raise FunctionLoadError(
+            f"cannot load the exported program {shown}: {type(cause).__name__}: {cause}"
+        ) from error
+    finally:
+        export_log.handlers = handlers
+        export_log.propagate = was_propagating
+    module = program.module()
+    module.requires_grad_(False)
+    parameters = tuple(program.graph_signature.user_inputs)
+    return LoadedFunction(
+        module,
+        f"exported program {archive.name}",
+        parameters,
+        len(parameters),
+        (),
+        {"function.exported": archive},
+    )
+
+
+class _LoggedErrors(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.errors: list[BaseException] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.exc_info[1] is not None:
+            self.errors.append(record.exc_info[1])
+
+
+def _positional_parameters(func: Callable[..., Any]) -> tuple[tuple[str, ...] | None, int]:
+    target = func.forward if isinstance(func, nn.Module) else func
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        return None, 0
+    names: list[str] = []
+    required = 0
+    for parameter in signature.parameters.values():
+        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+            return None, required
+        if parameter.kind in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):
+            names.append(parameter.name)
+            required += parameter.default is inspect.Parameter.empty
+    return tuple(names), required
+
+
+def _some(items: list[str], *, quote: bool = True, limit: int = 5) -> str:
+    shown = [repr(i) if quote else i for i in items[:limit]]
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(shown) + more

@@ -1,0 +1,273 @@
+"""Summaries of runs and files: rich renderables for people, JSON-ready dicts for machines.
+
+Nothing here prints: the command line prints what these functions build, on its console. The JSON
+documents' keys are stable (documented in the README); new keys may be added, none renamed.
+This module does not import torch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from jvpcli import __version__
+from jvpcli.errors import JvpcliError, display_path, format_shape
+
+if TYPE_CHECKING:
+    from jvpcli.runner import CheckedRun, InspectedFile, RunResult
+    from jvpcli.tensors import TensorStats
+
+__all__ = [
+    "check_json",
+    "check_view",
+    "document",
+    "inspect_json",
+    "inspect_view",
+    "run_json",
+    "run_view",
+]
+
+
+def run_view(result: RunResult) -> RenderableType:
+    """A run's summary: a table with one row per tensor written, then how it was computed.
+
+    Non-finite values are flagged in red, and again below the table.
+    """
+    spec = result.spec
+    table = _stats_table(f"{spec.name}: {spec.function}")
+    warnings = []
+    for output in result.outputs:
+        for key, stats in zip(output.keys, (output.func_output, output.jvp), strict=True):
+            table.add_row(key, format_shape(output.shape), output.dtype, *_stats_cells(stats))
+            if not stats.finite:
+                warnings.append(f"{key} has {_non_finite(stats)} values")
+        table.add_section()
+    details = _details()
+    details.add_row("method", result.description)
+    details.add_row(
+        "time", f"{_duration(result.seconds)} computing, {_duration(result.total_seconds)} in all"
+    )
+    details.add_row("device", result.device)
+    if result.carried_graph:
+        details.add_row("graph", "the results carried an autograd graph; saved detached")
+    details.add_row("output", display_path(spec.output))
+    parts: list[RenderableType] = [table, details]
+    parts += [Text(f"warning: {w}", style="bold red") for w in warnings]
+    return Group(*parts)
+
+
+def run_json(result: RunResult) -> dict[str, Any]:
+    """A run's summary as a JSON-ready dict (one entry of the document's ``runs``)."""
+    spec = result.spec
+    return {
+        "name": spec.name,
+        "status": "ok",
+        "function": str(spec.function),
+        "config": None if spec.config is None else str(spec.config),
+        "inputs": str(spec.inputs),
+        "v": None if spec.v is None else str(spec.v),
+        "output": str(spec.output),
+        "method": spec.method,
+        "method_used": result.method_used,
+        "fallbacks": [
+            {"method": f.method, "reason": f.reason, "remedy": f.remedy} for f in result.fallbacks
+        ],
+        "strict": spec.strict,
+        "create_graph": spec.create_graph,
+        "carried_graph": result.carried_graph,
+        "dtype": spec.dtype,
+        "device": result.device,
+        "seconds": result.seconds,
+        "total_seconds": result.total_seconds,
+        "outputs": [
+            {
+                "index": output.index,
+                "shape": list(output.shape),
+                "dtype": output.dtype,
+                "func_output": _stats_json(output.keys[0], output.func_output),
+                "jvp": _stats_json(output.keys[1], output.jvp),
+            }
+            for output in result.outputs
+        ],
+    }
+
+
+def document(error: JvpcliError | None = None, **payload: Any) -> dict[str, Any]:
+    """The document ``--json`` prints: whether the command succeeded, and what it produced.
+
+    Args:
+        error: the error the command ended with, if any.
+        payload: the command's results: ``runs`` (entries from :func:`run_json` or
+            :func:`check_json`) or ``file`` (from :func:`inspect_json`).
+    """
+    return {
+        "jvpcli_version": __version__,
+        "ok": error is None,
+        "exit_code": 0 if error is None else error.exit_code,
+        "error": None
+        if error is None
+        else {
+            "type": type(error).__name__,
+            "message": error.message,
+            "location": None if error.location is None else str(error.location),
+        },
+        **payload,
+    }
+
+
+def check_view(checked: CheckedRun) -> RenderableType:
+    """What ``jvpcli validate`` found: the tensors each parameter gets, and where results go."""
+    spec = checked.spec
+    table = _table(f"{spec.name}: {spec.function}")
+    table.add_column("#", justify="right")
+    table.add_column("parameter")
+    table.add_column("tensor", style="bold", overflow="fold")
+    table.add_column("shape")
+    table.add_column("dtype")
+    parameters = checked.function.parameters or ()
+    cast = f" → {spec.dtype}" if spec.dtype else ""
+    for position, name in enumerate(checked.order):
+        info = checked.inputs.tensors[name]
+        parameter = parameters[position] if position < len(parameters) else "—"
+        table.add_row(str(position), parameter, name, format_shape(info.shape), info.dtype + cast)
+    details = _details()
+    details.add_row("inputs", display_path(spec.inputs))
+    details.add_row("v", "(omitted: 1)" if spec.v is None else display_path(spec.v))
+    details.add_row("method", spec.method)
+    details.add_row("device", str(checked.device))
+    details.add_row("output", display_path(spec.output))
+    return Group(table, details, Text("valid: ready to run (nothing was computed)", style="green"))
+
+
+def check_json(checked: CheckedRun) -> dict[str, Any]:
+    """What ``jvpcli validate`` found, as a JSON-ready dict (one entry of ``runs``)."""
+    spec = checked.spec
+    return {
+        "name": spec.name,
+        "status": "valid",
+        "function": str(spec.function),
+        "config": None if spec.config is None else str(spec.config),
+        "inputs": [
+            {
+                "name": name,
+                "position": position,
+                "shape": list(checked.inputs.tensors[name].shape),
+                "dtype": checked.inputs.tensors[name].dtype,
+            }
+            for position, name in enumerate(checked.order)
+        ],
+        "v": None if spec.v is None else str(spec.v),
+        "output": str(spec.output),
+        "method": spec.method,
+        "dtype": spec.dtype,
+        "device": str(checked.device),
+    }
+
+
+def inspect_view(inspected: InspectedFile) -> RenderableType:
+    """A safetensors file's tensors (name, shape, dtype, statistics) and its metadata."""
+    header = inspected.header
+    table = _stats_table(display_path(header.path))
+    for name, info in header.tensors.items():
+        stats = inspected.stats[name]
+        table.add_row(name, format_shape(info.shape), info.dtype, *_stats_cells(stats))
+    if not header.metadata:
+        return Group(table, Text("no metadata", style="dim"))
+    metadata = _table(None)
+    metadata.add_column("metadata", overflow="fold")
+    metadata.add_column("value", overflow="fold")
+    for key, value in sorted(header.metadata.items()):
+        metadata.add_row(key, value)
+    return Group(table, metadata)
+
+
+def inspect_json(inspected: InspectedFile) -> dict[str, Any]:
+    """A safetensors file's tensors and metadata as a JSON-ready dict."""
+    header = inspected.header
+    return {
+        "path": str(header.path.resolve()),
+        "tensors": [
+            {
+                "name": name,
+                "shape": list(info.shape),
+                "dtype": info.dtype,
+                **_stats_json(name, inspected.stats[name]),
+            }
+            for name, info in header.tensors.items()
+        ],
+        "metadata": dict(header.metadata),
+    }
+
+
+def _table(title: str | None) -> Table:
+    return Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+
+
+def _stats_table(title: str) -> Table:
+    # Cells fold rather than truncate: no name or path is ever cut short in a narrow terminal.
+    table = _table(title)
+    table.add_column("tensor", style="bold", overflow="fold")
+    table.add_column("shape")
+    table.add_column("dtype")
+    for heading in ("norm", "min", "max"):
+        table.add_column(heading, justify="right")
+    table.add_column("finite")
+    return table
+
+
+def _stats_cells(stats: TensorStats) -> tuple[Text, ...]:
+    return _number(stats.norm), _number(stats.min), _number(stats.max), _finite(stats)
+
+
+def _details() -> Table:
+    details = Table.grid(padding=(0, 2))
+    details.add_column(style="dim")
+    details.add_column(overflow="fold")
+    return details
+
+
+def _stats_json(key: str, stats: TensorStats) -> dict[str, Any]:
+    return {
+        "name": key,
+        "norm": _finite_or_none(stats.norm),
+        "min": _finite_or_none(stats.min),
+        "max": _finite_or_none(stats.max),
+        "finite": stats.finite,
+        "nan": stats.nan,
+        "inf": stats.inf,
+    }
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    # JSON has no NaN or Infinity: such values are null, and the nan / inf counts say why.
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _number(value: float | None) -> Text:
+    if value is None:
+        return Text("—", style="dim")
+    if not math.isfinite(value):
+        return Text(str(value), style="bold red")
+    return Text(f"{value:.4g}")
+
+
+def _finite(stats: TensorStats) -> Text:
+    if stats.finite:
+        return Text("yes", style="green")
+    return Text(f"NO: {_non_finite(stats)}", style="bold red")
+
+
+def _non_finite(stats: TensorStats) -> str:
+    counts = [(stats.nan, "NaN"), (stats.inf, "Inf")]
+    return ", ".join(f"{count} {label}" for count, label in counts if count)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.3g} ms"
+    return f"{seconds:.3g} s"

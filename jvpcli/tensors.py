@@ -1,0 +1,498 @@
+"""Safetensors files in and out: header checks, binding tensors to parameters, atomic writes.
+
+Reading starts with :func:`read_header`, which checks the header against the file (so a corrupt or
+truncated file is named as such, before any data is read); :func:`read_tensors` then loads the data.
+:func:`bind_inputs` decides which tensor feeds which positional parameter, :func:`check_tangents`
+that ``v`` fits the inputs. :func:`write_tensors` writes a result atomically. Only safetensors files
+are read: nothing is ever unpickled. Errors raise :class:`~jvpcli.errors.TensorFileError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import secrets
+import stat
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from jvpcli.errors import TensorFileError, display_path, format_shape
+
+__all__ = [
+    "TensorFileHeader",
+    "TensorInfo",
+    "TensorStats",
+    "bind_inputs",
+    "check_differentiable",
+    "check_tangents",
+    "read_header",
+    "read_tensors",
+    "sha256_file",
+    "tensor_stats",
+    "write_tensors",
+]
+
+# safetensors dtype code → (torch dtype name, bytes per element)
+_DTYPES: dict[str, tuple[str, int]] = {
+    "F64": ("float64", 8),
+    "F32": ("float32", 4),
+    "F16": ("float16", 2),
+    "BF16": ("bfloat16", 2),
+    "C64": ("complex64", 8),
+    "I64": ("int64", 8),
+    "I32": ("int32", 4),
+    "I16": ("int16", 2),
+    "I8": ("int8", 1),
+    "U64": ("uint64", 8),
+    "U32": ("uint32", 4),
+    "U16": ("uint16", 2),
+    "U8": ("uint8", 1),
+    "BOOL": ("bool", 1),
+    "F8_E4M3": ("float8_e4m3fn", 1),
+    "F8_E4M3FNUZ": ("float8_e4m3fnuz", 1),
+    "F8_E5M2": ("float8_e5m2", 1),
+    "F8_E5M2FNUZ": ("float8_e5m2fnuz", 1),
+}
+_DIFFERENTIABLE = frozenset({"float64", "float32", "float16", "bfloat16", "complex64"})
+_MAX_HEADER_BYTES = 100_000_000  # the limit safetensors itself enforces
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A tensor as a safetensors header describes it.
+
+    Attributes:
+        name: its key in the file.
+        dtype: the torch dtype name, e.g. ``"float32"``.
+        shape: its sizes.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TensorFileHeader:
+    """What a safetensors file holds, read from its header without loading any data.
+
+    Attributes:
+        path: the file.
+        role: what the file is for, as messages name it ("inputs", "v", "function.weights", ...).
+        tensors: the tensors by name, in the order their data lies in the file.
+        metadata: the file's string → string metadata.
+    """
+
+    path: Path
+    role: str
+    tensors: Mapping[str, TensorInfo]
+    metadata: Mapping[str, str]
+
+    @property
+    def shown(self) -> str:
+        """How messages name the file: its role and path."""
+        return f"{self.role} file {display_path(self.path)}"
+
+
+def read_header(path: Path, role: str) -> TensorFileHeader:
+    """Read and check a safetensors file's header, without loading tensor data.
+
+    Args:
+        path: the file.
+        role: what the file is for, for messages ("inputs", "v", ...).
+
+    Returns:
+        The tensors' names, dtypes and shapes, and the metadata.
+
+    Raises:
+        TensorFileError: the file is missing or unreadable, too short, its header is not the JSON
+            safetensors writes, a tensor's offsets disagree with its dtype and shape, or the data
+            section is truncated or has bytes no tensor accounts for.
+    """
+    shown = f"{role} file {display_path(path)}"
+    try:
+        with path.open("rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            prefix = file.read(8)
+            if len(prefix) < 8:
+                raise TensorFileError(
+                    f"{shown} is not a safetensors file: it has {size} bytes, fewer than the "
+                    "8-byte header length."
+                )
+            (header_size,) = struct.unpack("<Q", prefix)
+            if header_size > min(_MAX_HEADER_BYTES, size - 8):
+                raise TensorFileError(
+                    f"{shown} is corrupt or truncated: its header claims {header_size} bytes but "
+                    f"the file has {size} bytes."
+                )
+            raw = file.read(header_size)
+    except FileNotFoundError:
+        raise TensorFileError(f"{shown} does not exist.") from None
+    except IsADirectoryError:
+        raise TensorFileError(f"{shown} is a directory, not a safetensors file.") from None
+    except OSError as error:
+        raise TensorFileError(f"cannot read {shown}: {error.strerror or error}.") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        header = None
+    if not isinstance(header, dict):
+        raise TensorFileError(f"{shown} is corrupt: its header is not a safetensors JSON header.")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise TensorFileError(f"{shown} is corrupt: its metadata is not a string → string map.")
+    data_size = size - 8 - header_size
+    tensors, extents = {}, []
+    for name, entry in header.items():
+        info, begin, end = _check_entry(name, entry, shown)
+        if end > data_size:
+            raise TensorFileError(
+                f"{shown} is truncated: tensor {name!r} ends at byte {end} of the data section, "
+                f"which has {data_size} bytes."
+            )
+        tensors[name] = info
+        extents.append((begin, end, name))
+    extents.sort()
+    position = 0
+    for begin, end, name in extents:
+        if begin != position:
+            raise TensorFileError(
+                f"{shown} is corrupt: tensor {name!r} starts at byte {begin} of the data "
+                f"section, expected {position}."
+            )
+        position = end
+    if position != data_size:
+        raise TensorFileError(
+            f"{shown} is corrupt: its tensors cover {position} bytes of a {data_size}-byte data "
+            "section."
+        )
+    ordered = {name: tensors[name] for _, _, name in extents}
+    return TensorFileHeader(path, role, ordered, metadata)
+
+
+def _check_entry(name: str, entry: object, shown: str) -> tuple[TensorInfo, int, int]:
+    corrupt = f"{shown} is corrupt: the header entry of tensor {name!r}"
+    if not isinstance(entry, dict):
+        raise TensorFileError(f"{corrupt} is not a mapping.")
+    code, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if code not in _DTYPES:
+        raise TensorFileError(f"{corrupt} has an unsupported dtype {code!r}.")
+    if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
+        raise TensorFileError(f"{corrupt} has an invalid shape {shape!r}.")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(_is_count(n) for n in offsets)
+        or offsets[0] > offsets[1]
+    ):
+        raise TensorFileError(f"{corrupt} has invalid data offsets {offsets!r}.")
+    dtype, itemsize = _DTYPES[code]
+    begin, end = offsets
+    if end - begin != math.prod(shape) * itemsize:
+        raise TensorFileError(
+            f"{corrupt} spans {end - begin} bytes, but {dtype} of shape {tuple(shape)} needs "
+            f"{math.prod(shape) * itemsize}."
+        )
+    return TensorInfo(name, dtype, tuple(shape)), begin, end
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def read_tensors(header: TensorFileHeader) -> dict[str, torch.Tensor]:
+    """Load the tensors of a file whose header :func:`read_header` has checked.
+
+    Returns:
+        The tensors by name, on the CPU, in the header's order.
+
+    Raises:
+        TensorFileError: the file changed since its header was read, or safetensors rejects it.
+    """
+    try:
+        loaded = load_file(header.path, device="cpu")
+    except (SafetensorError, OSError) as error:
+        raise TensorFileError(f"cannot load {header.shown}: {error}.") from None
+    if loaded.keys() != header.tensors.keys():
+        raise TensorFileError(f"{header.shown} changed while it was being read.")
+    return {name: loaded[name] for name in header.tensors}
+
+
+def sha256_file(path: Path) -> str:
+    """Return the hex sha256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def bind_inputs(
+    inputs: TensorFileHeader,
+    parameters: Sequence[str] | None,
+    required: int,
+    order: Sequence[str] | None,
+    function: str,
+) -> tuple[str, ...]:
+    """Decide which tensor of ``inputs`` feeds which positional parameter of the function.
+
+    Tensors bind by name: ``a`` and ``b`` feed ``def f(a, b)`` in that order, whatever their order
+    in the file. A single tensor feeds a one-parameter function whatever its name. An explicit
+    ``order`` lists the tensors in the order they are passed, for everything else.
+
+    Args:
+        inputs: the header of the inputs file.
+        parameters: the names of the function's positional parameters, or ``None`` when they
+            cannot be known (``*args``, an uninspectable callable).
+        required: how many of them have no default.
+        order: the config's ``order``, or ``None``.
+        function: how messages name the function.
+
+    Returns:
+        The tensor names in the order they are passed.
+
+    Raises:
+        TensorFileError: ``order`` does not list exactly the file's tensors; the tensors'
+            names do not match the parameters; the file holds too few or too many tensors.
+    """
+    names = tuple(inputs.tensors)
+    if not names:
+        raise TensorFileError(f"{inputs.shown} holds no tensors.")
+    if order is not None:
+        missing = [n for n in order if n not in inputs.tensors]
+        left_out = [n for n in names if n not in order]
+        if missing or left_out:
+            problems = []
+            if missing:
+                problems.append(f"order names {_listing(missing)}, which it does not hold")
+            if left_out:
+                problems.append(f"it holds {_listing(left_out)}, which order leaves out")
+            raise TensorFileError(
+                f"{inputs.shown}: {'; '.join(problems)}. order must list each of its tensors "
+                f"({_listing(names)}) once."
+            )
+        bound = tuple(order)
+    elif len(names) == 1:
+        bound = names
+    elif parameters is None:
+        raise TensorFileError(
+            f"{inputs.shown} holds {len(names)} tensors ({_listing(names)}), and the parameter "
+            f"names of {function} cannot be read (it takes *args). List the tensors in the order "
+            "it takes them with order: [...]."
+        )
+    else:
+        strangers = [n for n in names if n not in parameters]
+        if strangers:
+            raise TensorFileError(
+                f"{inputs.shown} holds {_listing(strangers)}, which {function}"
+                f"({', '.join(parameters)}) has no parameter for. Name the tensors after the "
+                "parameters, or list them in the order it takes them with order: [...]."
+            )
+        bound = tuple(p for p in parameters if p in inputs.tensors)
+        gaps = [p for p in parameters[: len(bound)] if p not in inputs.tensors]
+        if gaps:
+            raise TensorFileError(
+                f"{inputs.shown} has no tensor for parameter {_listing(gaps)} of {function}"
+                f"({', '.join(parameters)}), which comes before {bound[-1]!r}: tensors are "
+                "passed positionally."
+            )
+    if parameters is not None:
+        if len(bound) < required:
+            raise TensorFileError(
+                f"{function}({', '.join(parameters)}) needs {required} tensor"
+                f"{'s' if required > 1 else ''}, but {inputs.shown} holds {len(bound)} "
+                f"({_listing(bound)})."
+            )
+        if len(bound) > len(parameters):
+            raise TensorFileError(
+                f"{function}({', '.join(parameters)}) takes at most {len(parameters)} tensor"
+                f"{'s' if len(parameters) != 1 else ''}, but {inputs.shown} holds {len(bound)} "
+                f"({_listing(bound)})."
+            )
+    return bound
+
+
+def check_differentiable(header: TensorFileHeader, cast: str | None) -> None:
+    """Check that every tensor of ``header`` is floating-point (or complex) once cast to ``cast``.
+
+    Raises:
+        TensorFileError: a tensor is an integer, bool or float8 tensor and no cast applies.
+    """
+    if cast is not None:
+        return
+    for info in header.tensors.values():
+        if info.dtype not in _DIFFERENTIABLE:
+            raise TensorFileError(
+                f"{header.shown}: tensor {info.name!r} is {info.dtype}, but a JVP needs "
+                "floating-point inputs. Store it as a float tensor, or set dtype (e.g. "
+                "--dtype float32) to cast it."
+            )
+
+
+def check_tangents(inputs: TensorFileHeader, v: TensorFileHeader | None, cast: str | None) -> None:
+    """Check that ``v`` holds a tangent for each input: the same names, shapes and dtypes.
+
+    Args:
+        inputs: the header of the inputs file.
+        v: the header of the v file, or ``None`` when ``v`` is omitted.
+        cast: the dtype both are cast to, or ``None``.
+
+    Raises:
+        TensorFileError: ``v`` is omitted for anything but a single one-element input, or its
+            tensors differ from the inputs in names, shapes or dtypes.
+    """
+    if v is None:
+        infos = list(inputs.tensors.values())
+        if len(infos) != 1 or math.prod(infos[0].shape) != 1:
+            raise TensorFileError(
+                f"v is missing: it may be omitted only for a single one-element input, and "
+                f"{inputs.shown} holds {_describe_tensors(infos)}."
+            )
+        return
+    missing = [n for n in inputs.tensors if n not in v.tensors]
+    extra = [n for n in v.tensors if n not in inputs.tensors]
+    if missing or extra:
+        problems = []
+        if missing:
+            problems.append(f"it has no tensor {_listing(missing)}")
+        if extra:
+            problems.append(f"it holds {_listing(extra)}, which the inputs do not")
+        raise TensorFileError(
+            f"{v.shown} must hold the same tensor names as {inputs.shown}, but "
+            + "; ".join(problems)
+            + "."
+        )
+    for name, info in inputs.tensors.items():
+        tangent = v.tensors[name]
+        if tangent.shape != info.shape:
+            raise TensorFileError(
+                f"{v.shown}: tensor {name!r} has shape {format_shape(tangent.shape)}, but "
+                f"the input {name!r} has shape {format_shape(info.shape)}."
+            )
+        if cast is None and tangent.dtype != info.dtype:
+            raise TensorFileError(
+                f"{v.shown}: tensor {name!r} is {tangent.dtype}, but the input {name!r} is "
+                f"{info.dtype}. Store them with one dtype, or set dtype to cast both."
+            )
+
+
+def write_tensors(
+    path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
+) -> None:
+    """Write ``tensors`` and ``metadata`` to a safetensors file, atomically.
+
+    The data goes to a temporary file in the same folder, is flushed to disk, then renamed over
+    ``path``: whatever happens (a crash, ``kill -9``), ``path`` is either absent, the old file, or
+    the complete new one. Missing parent folders are created.
+
+    Args:
+        path: the file to write.
+        tensors: the tensors by name; they are saved detached, on the CPU, contiguous.
+        metadata: string → string metadata.
+
+    Raises:
+        ValueError: a tensor's dtype has no safetensors equivalent (e.g. complex128).
+        OSError: the folder or file cannot be written.
+    """
+    storable = {name for name, _ in _DTYPES.values()}
+    for name, tensor in tensors.items():
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        if dtype not in storable:
+            raise ValueError(
+                f"safetensors cannot store {name!r}: its dtype {dtype} has no equivalent"
+            )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prepared = {
+        name: t.detach().cpu().clone(memory_format=torch.contiguous_format)
+        for name, t in tensors.items()
+    }
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        # O_EXCL: never clobber another writer's temporary file. The mode the umask gives this
+        # empty file is restored after safetensors (which writes files private) has written it.
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        mode = stat.S_IMODE(os.fstat(descriptor).st_mode)
+        os.close(descriptor)
+        save_file(prepared, temporary, metadata=dict(metadata))
+        os.chmod(temporary, mode)
+        with temporary.open("rb+") as file:
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    # Makes the rename itself durable; not every platform can open a folder.
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+@dataclass(frozen=True)
+class TensorStats:
+    """Summary statistics of a tensor, as plain numbers.
+
+    Attributes:
+        norm: the 2-norm of all its values (``nan`` / ``inf`` when some are).
+        min, max: its smallest and largest values; ``None`` for an empty or complex tensor.
+        nan, inf: how many values are NaN, how many infinite.
+    """
+
+    norm: float
+    min: float | None
+    max: float | None
+    nan: int
+    inf: int
+
+    @property
+    def finite(self) -> bool:
+        """Whether every value is finite."""
+        return self.nan == 0 and self.inf == 0
+
+
+def tensor_stats(tensor: torch.Tensor) -> TensorStats:
+    """Compute :class:`TensorStats` of ``tensor`` (any dtype, any device), in double precision."""
+    values = tensor.detach().cpu()
+    if values.is_complex():
+        wide = values.to(torch.complex128)
+        extrema: tuple[float | None, float | None] = (None, None)
+    else:
+        wide = values.to(torch.float64)
+        extrema = (wide.min().item(), wide.max().item()) if wide.numel() else (None, None)
+    return TensorStats(
+        norm=torch.linalg.vector_norm(wide).item(),
+        min=extrema[0],
+        max=extrema[1],
+        nan=int(torch.isnan(wide).sum().item()),
+        inf=int(torch.isinf(wide).sum().item()),
+    )
+
+
+def _listing(names: Sequence[str]) -> str:
+    return ", ".join(repr(n) for n in names)
+
+
+def _describe_tensors(infos: Sequence[TensorInfo]) -> str:
+    if not infos:
+        return "no tensors"
+    return ", ".join(f"{i.name!r} of shape {format_shape(i.shape)}" for i in infos)
