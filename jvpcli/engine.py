@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -100,6 +100,7 @@ def jvp(
     strict: bool = False,
     *,
     method: str = "auto",
+    batched_v: bool = False,
 ) -> tuple[TensorOrTuple, TensorOrTuple]:
     """Compute the Jacobian-vector product of ``func`` at ``inputs`` along ``v``.
 
@@ -120,6 +121,10 @@ def jvp(
             depend on the inputs. If False, independent outputs get a zero jvp.
         method: "auto" (forward mode, with fallbacks where it has gaps), "forward" (forward mode
             only) or "double-backward" (the reverse-of-reverse trick PyTorch's own jvp uses).
+        batched_v: if True, the first dimension of every ``v`` tensor indexes K directions
+            (each entry of ``v`` has the size ``(K, *input.size())``, the same K throughout), and
+            each jvp gets that leading dimension: ``jvp[k]`` is J·v[k]. The primal is computed
+            once and the K tangents are pushed through together.
 
     Returns:
         ``(func_output, jvp)``: each a Tensor, or a tuple when ``func`` returned a tuple.
@@ -132,7 +137,9 @@ def jvp(
         ValueError: ``method`` is not one of :data:`METHODS`.
         Exception: whatever ``func`` raises propagates unchanged.
     """
-    result = jvp_with_info(func, inputs, v, create_graph, strict, method=method)
+    result = jvp_with_info(
+        func, inputs, v, create_graph, strict, method=method, batched_v=batched_v
+    )
     return result.func_output, result.jvp
 
 
@@ -144,6 +151,7 @@ def jvp_with_info(
     strict: bool = False,
     *,
     method: str = "auto",
+    batched_v: bool = False,
 ) -> JvpResult:
     """Like :func:`jvp`, and also say how the product was computed.
 
@@ -168,16 +176,21 @@ def jvp_with_info(
                 "The vector v can only be None if the input to the user-provided function is a "
                 "single Tensor with a single element."
             )
-        v = (torch.ones_like(inputs[0]),)
+        v = (torch.ones_like(inputs[0]).unsqueeze(0) if batched_v else torch.ones_like(inputs[0]),)
     else:
         _, v = _as_tuple(v, "v")
-        _validate_v(v, inputs, is_inputs_tuple)
+        _validate_v(v, inputs, is_inputs_tuple, batched_v)
 
     fallbacks: list[Fallback] = []
     outcome = None
     if method in ("auto", "forward"):
+        forward = _forward_batched if batched_v else _forward
         try:
-            outcome = _forward_with_retries(func, inputs, v, create_graph, strict, fallbacks)
+            outcome = _forward_with_retries(
+                lambda attempt: forward(func, inputs, v, create_graph, strict, attempt),
+                fallbacks,
+                batched_v,
+            )
         except (NotImplementedError, RuntimeError) as error:
             if method == "forward" or not _lacks_forward_rule(error):
                 raise
@@ -187,7 +200,7 @@ def jvp_with_info(
         # The failed attempt's traceback (and the activations its frames hold) is gone by here.
     if outcome is None:
         with _forward_friendly_kernels():
-            outcome = _double_backward(func, inputs, v, create_graph, strict)
+            outcome = _double_backward(func, inputs, v, create_graph, strict, batched_v)
         method_used = "double-backward"
     else:
         method_used = "forward"
@@ -229,16 +242,27 @@ def _check_differentiable_dtypes(inputs: tuple[Tensor, ...], is_inputs_tuple: bo
             )
 
 
-def _validate_v(v: tuple[Tensor, ...], inputs: tuple[Tensor, ...], is_inputs_tuple: bool) -> None:
+def _validate_v(
+    v: tuple[Tensor, ...], inputs: tuple[Tensor, ...], is_inputs_tuple: bool, batched: bool
+) -> None:
     if len(v) != len(inputs):
         if is_inputs_tuple:
             raise RuntimeError(
                 f"v is a tuple of invalid length: should be {len(inputs)} but got {len(v)}."
             )
         raise RuntimeError("The given v should contain a single Tensor.")
+    directions = v[0].size(0) if batched and v[0].dim() > 0 else None
     for i, (t, x) in enumerate(zip(v, inputs, strict=True)):
         prefix = f"Entry {i} in " if is_inputs_tuple else ""
-        if t.size() != x.size():
+        if batched:
+            expected = torch.Size([directions or 1, *x.size()])
+            if t.size() != expected:
+                raise RuntimeError(
+                    f"{prefix}v has invalid size: with batched_v=True it should be "
+                    f"torch.Size([K, *{list(x.size())}]) with the same K for every entry, i.e. "
+                    f"{expected}, but got {t.size()}."
+                )
+        elif t.size() != x.size():
             raise RuntimeError(
                 f"{prefix}v has invalid size: should be {x.size()} but got {t.size()}."
             )
@@ -309,6 +333,12 @@ def _lacks_forward_rule(error: BaseException) -> bool:
 _DISCARDED = "jvpcli recorded this graph for strict mode without its saved tensors"
 
 
+def _incompatible_with_vmap(error: BaseException) -> bool:
+    """Whether ``func`` failed because batched tangents (vmap) cannot go through it."""
+    message = str(error)
+    return "functorch transforms" in message or "vmap" in message or "Batching rule" in message
+
+
 def _needs_reverse_graph(error: BaseException) -> bool:
     """Whether ``func`` failed because it differentiates internally with torch.autograd."""
     message = str(error)
@@ -319,33 +349,41 @@ def _needs_reverse_graph(error: BaseException) -> bool:
 # Forward mode.
 
 
+@dataclass(frozen=True)
+class _Attempt:
+    """How a forward-mode attempt runs; each retry turns on one more workaround."""
+
+    onednn_off: bool = False  # oneDNN's RNN kernels have no forward rule
+    record_graph: bool = False  # func differentiates internally: inputs must require grad
+    one_direction: bool = False  # batched_v: func does not compose with vmap
+
+
 def _forward_with_retries(
-    func: Callable[..., object],
-    inputs: tuple[Tensor, ...],
-    v: tuple[Tensor, ...],
-    create_graph: bool,
-    strict: bool,
+    compute: Callable[[_Attempt], tuple[bool, tuple[Tensor, ...], tuple[Tensor, ...]]],
     fallbacks: list[Fallback],
+    batched: bool,
 ) -> tuple[bool, tuple[Tensor, ...], tuple[Tensor, ...]]:
-    """Forward mode, retried with another kernel choice when the one taken has no forward rule."""
-    onednn_off = False
-    record_graph = False
+    """Run ``compute`` in forward mode, retried with a workaround when it fails for want of one."""
+    attempt = _Attempt()
     while True:
         settings = contextlib.ExitStack()
         settings.enter_context(_forward_friendly_kernels())
-        if onednn_off:
+        if attempt.onednn_off:
             settings.enter_context(_onednn_disabled())
         try:
             with settings:
-                return _forward(func, inputs, v, create_graph, strict, record_graph)
+                return compute(attempt)
         except (NotImplementedError, RuntimeError) as error:
             reason = _first_line(error)
-            if not onednn_off and "mkldnn" in reason and _lacks_forward_rule(error):
-                onednn_off = True
+            if not attempt.onednn_off and "mkldnn" in reason and _lacks_forward_rule(error):
+                attempt = replace(attempt, onednn_off=True)
                 remedy = "retried with oneDNN kernels off"
-            elif not record_graph and _needs_reverse_graph(error):
-                record_graph = True
+            elif not attempt.record_graph and _needs_reverse_graph(error):
+                attempt = replace(attempt, record_graph=True)
                 remedy = "retried with inputs that require grad, as the function differentiates"
+            elif batched and not attempt.one_direction and _incompatible_with_vmap(error):
+                attempt = replace(attempt, one_direction=True)
+                remedy = "retried one direction at a time"
             else:
                 raise
         fallbacks.append(Fallback("forward", reason, remedy))
@@ -357,8 +395,9 @@ def _forward(
     v: tuple[Tensor, ...],
     create_graph: bool,
     strict: bool,
-    record_graph: bool,
+    attempt: _Attempt,
 ) -> tuple[bool, tuple[Tensor, ...], tuple[Tensor, ...]]:
+    record_graph = attempt.record_graph
     # The reverse graph is recorded only when it is needed: to differentiate the results
     # (create_graph), to read dependencies off it (strict), or because func differentiates itself.
     track = create_graph or strict or record_graph
@@ -382,14 +421,7 @@ def _forward(
         unpacked = [fwAD.unpack_dual(out) for out in outputs]
 
     if not track:
-        for i, (x, version) in enumerate(zip(primals, versions, strict=True)):
-            if x._version != version:
-                raise RuntimeError(
-                    f"The user-provided function modified input {i} in place, which jvp does not "
-                    "allow (torch.autograd.functional.jvp raises here too: a leaf Variable that "
-                    "requires grad is being used in an in-place operation). The tensor passed as "
-                    f"input {i} now holds the modified values."
-                )
+        _check_inputs_unmodified(primals, versions)
     if strict:
         _check_outputs_require_grad(outputs)
         _check_dependencies(outputs, primals)
@@ -408,6 +440,65 @@ def _forward(
             results.append(primal.detach())
             jvps.append(tangent.detach())
     return is_outputs_tuple, tuple(results), tuple(jvps)
+
+
+def _forward_batched(
+    func: Callable[..., object],
+    inputs: tuple[Tensor, ...],
+    v: tuple[Tensor, ...],
+    create_graph: bool,
+    strict: bool,
+    attempt: _Attempt,
+) -> tuple[bool, tuple[Tensor, ...], tuple[Tensor, ...]]:
+    """Forward mode with K directions: the primal once, the K tangents as one batch."""
+    if create_graph or strict or attempt.record_graph or attempt.one_direction:
+        # autograd's reverse graph does not compose with vmap: one direction at a time.
+        return _one_direction_at_a_time(
+            lambda tangents: _forward(func, inputs, tangents, create_graph, strict, attempt), v
+        )
+    primals = tuple(x.detach() for x in inputs)
+    versions = [x._version for x in primals]
+    structure: list[bool] = []
+
+    def ruled(*duals: Tensor) -> tuple[Tensor, ...]:
+        with FastTangentRules(fwAD._current_level):
+            raw_outputs = func(*duals)
+        is_outputs_tuple, outputs = _as_tuple(raw_outputs, "outputs of the user-provided function")
+        structure.append(is_outputs_tuple)
+        return outputs
+
+    def one_direction(*tangents: Tensor) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+        return torch.func.jvp(ruled, primals, tangents)
+
+    with torch.no_grad():
+        outputs, tangents = torch.func.vmap(one_direction, out_dims=(None, 0))(
+            *(t.detach() for t in v)
+        )
+    _check_inputs_unmodified(primals, versions)
+    return structure[0], outputs, tangents
+
+
+def _one_direction_at_a_time(
+    compute: Callable[[tuple[Tensor, ...]], tuple[bool, tuple[Tensor, ...], tuple[Tensor, ...]]],
+    v: tuple[Tensor, ...],
+) -> tuple[bool, tuple[Tensor, ...], tuple[Tensor, ...]]:
+    per_direction = [compute(tuple(t[k] for t in v)) for k in range(v[0].size(0))]
+    is_outputs_tuple, outputs, _ = per_direction[0]
+    tangents = tuple(
+        torch.stack([tangents[i] for _, _, tangents in per_direction]) for i in range(len(outputs))
+    )
+    return is_outputs_tuple, outputs, tangents
+
+
+def _check_inputs_unmodified(primals: tuple[Tensor, ...], versions: list[int]) -> None:
+    for i, (x, version) in enumerate(zip(primals, versions, strict=True)):
+        if x._version != version:
+            raise RuntimeError(
+                f"The user-provided function modified input {i} in place, which jvp does not "
+                "allow (torch.autograd.functional.jvp raises here too: a leaf Variable that "
+                "requires grad is being used in an in-place operation). The tensor passed as "
+                f"input {i} now holds the modified values."
+            )
 
 
 def _discard(_: Tensor) -> None:
@@ -456,30 +547,7 @@ def _check_jacobian_dependence(
     torch.autograd.functional.jvp does: twice the cost of a backward pass, only when both strict
     and create_graph are set.
     """
-    grad_outputs = tuple(torch.zeros_like(out, requires_grad=True) for out in outputs)
-    with torch.enable_grad():
-        grad_inputs = torch.autograd.grad(
-            outputs, primals, grad_outputs, create_graph=True, allow_unused=True
-        )
-        used = [
-            (g, t)
-            for g, t in zip(grad_inputs, tangents, strict=True)
-            if g is not None and g.requires_grad
-        ]
-        if not used:
-            _raise_independent_of_grad_output(0)
-        grad_results = torch.autograd.grad(
-            [g for g, _ in used],
-            grad_outputs,
-            [t for _, t in used],
-            create_graph=True,
-            allow_unused=True,
-        )
-    for i, grad_result in enumerate(grad_results):
-        if grad_result is None:
-            _raise_independent_of_grad_output(i)
-        if not grad_result.requires_grad:
-            _raise_jacobian_independent(i)
+    _jvps_by_double_backward(outputs, primals, tangents, True, True, False)
 
 
 def _reachable_inputs(
@@ -517,6 +585,7 @@ def _double_backward(
     v: tuple[Tensor, ...],
     create_graph: bool,
     strict: bool,
+    batched: bool,
 ) -> tuple[bool, tuple[Tensor, ...], tuple[Tensor, ...]]:
     with torch.enable_grad():
         primals = _grad_preprocess(inputs, create_graph, need_graph=True)
@@ -526,7 +595,23 @@ def _double_backward(
         )
         if strict:
             _check_outputs_require_grad(outputs)
+        jvps = _jvps_by_double_backward(outputs, primals, tangents, create_graph, strict, batched)
+    if not create_graph:
+        return is_outputs_tuple, tuple(o.detach() for o in outputs), jvps
+    return is_outputs_tuple, outputs, jvps
 
+
+def _jvps_by_double_backward(
+    outputs: tuple[Tensor, ...],
+    primals: tuple[Tensor, ...],
+    tangents: tuple[Tensor, ...],
+    create_graph: bool,
+    strict: bool,
+    batched: bool,
+) -> tuple[Tensor, ...]:
+    """J·v from the reverse graph of ``outputs``: the gradient of the vector-Jacobian product
+    with respect to its (dummy) cotangents, along ``tangents``."""
+    with torch.enable_grad():
         # The backward is linear in grad_outputs, so their value does not matter (only that it is
         # finite): they are differentiated away below.
         differentiable = [i for i, out in enumerate(outputs) if out.requires_grad]
@@ -554,37 +639,45 @@ def _double_backward(
                         "the user-provided function. This is not allowed in strict mode."
                     )
 
-        used = [
-            (g, t)
-            for g, t in zip(grad_inputs, tangents, strict=True)
-            if g is not None and g.requires_grad
-        ]
-        if used:
-            grad_results = torch.autograd.grad(
-                [g for g, _ in used],
-                [grad_outputs[i] for i in differentiable],
-                [t for _, t in used],
-                create_graph=create_graph,
-                allow_unused=True,
-            )
-            by_output = dict(zip(differentiable, grad_results, strict=True))
-        else:
+        def second_backward(direction: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+            used = [
+                (g, t)
+                for g, t in zip(grad_inputs, direction, strict=True)
+                if g is not None and g.requires_grad
+            ]
             by_output = {}
+            if used:
+                grad_results = torch.autograd.grad(
+                    [g for g, _ in used],
+                    [grad_outputs[i] for i in differentiable],
+                    [t for _, t in used],
+                    retain_graph=True,
+                    create_graph=create_graph,
+                    allow_unused=True,
+                )
+                by_output = dict(zip(differentiable, grad_results, strict=True))
+            jvps = []
+            for i, out in enumerate(outputs):
+                tangent = by_output.get(i)
+                if tangent is None:
+                    if strict:
+                        _raise_independent_of_grad_output(i)
+                    tangent = torch.zeros_like(out)
+                elif strict and create_graph and not tangent.requires_grad:
+                    _raise_jacobian_independent(i)
+                jvps.append(tangent)
+            return tuple(jvps)
 
-        jvps = []
-        for i, out in enumerate(outputs):
-            tangent = by_output.get(i)
-            if tangent is None:
-                if strict:
-                    _raise_independent_of_grad_output(i)
-                tangent = torch.zeros_like(out)
-            elif strict and create_graph and not tangent.requires_grad:
-                _raise_jacobian_independent(i)
-            jvps.append(tangent)
-
-    if not create_graph:
-        return is_outputs_tuple, tuple(o.detach() for o in outputs), tuple(jvps)
-    return is_outputs_tuple, outputs, tuple(jvps)
+        if batched:
+            # The primal and the first backward once; only the (linear) second backward per
+            # direction.
+            per_direction = [
+                second_backward(tuple(t[k] for t in tangents)) for k in range(tangents[0].size(0))
+            ]
+            jvps = tuple(torch.stack(column) for column in zip(*per_direction, strict=True))
+        else:
+            jvps = second_backward(tangents)
+    return jvps
 
 
 # --------------------------------------------------------------------------------------------
