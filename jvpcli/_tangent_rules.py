@@ -48,12 +48,6 @@ def _bilinear(level: int, func: Callable[..., Any], args: tuple, kwargs: dict) -
     """``func(a, b)`` linear in each of ``a`` and ``b``: the tangent of the one dual operand."""
     if len(args) != 2:
         return NotImplemented
-    if type(args[1]) in _NUMBERS and isinstance(args[0], Tensor):
-        # The hot case (x * 0.5): the result has the tangent's dtype and shape, nothing to adjust.
-        a, a_t = torch._unpack_dual(args[0], level)
-        if a_t is None:
-            return NotImplemented
-        return torch._make_dual(func(a, args[1], **kwargs), func(a_t, args[1], **kwargs), level)
     a, a_t = _split(args[0], level)
     b, b_t = _split(args[1], level)
     if (a_t is None) == (b_t is None):
@@ -180,6 +174,35 @@ def _build_rules() -> dict[Callable[..., Any], Rule]:
 _RULES = _build_rules()
 
 
+def _copy(tangent: Tensor, _: object) -> Tensor:
+    return tangent.clone()
+
+
+def _build_number_rules() -> dict[Callable[..., Any], tuple[Callable[..., Any], ...]]:
+    """``op(dual, number)``: the primal op and the tangent's op (on the tangent and the number).
+
+    The hottest case of all (``x * 0.5``, ``x + 1``), kept to a dictionary lookup and C calls.
+    Results have the dual operand's shape, and the same dtype for primal and tangent.
+    """
+    rules: dict[Callable[..., Any], tuple[Callable[..., Any], ...]] = {}
+    for funcs, ops in [
+        (
+            [torch.mul, Tensor.mul, Tensor.__mul__, Tensor.__rmul__, torch.multiply],
+            (torch.mul,) * 2,
+        ),
+        ([torch.add, Tensor.add, Tensor.__add__, Tensor.__radd__], (torch.add, _copy)),
+        ([torch.sub, Tensor.sub, Tensor.__sub__, torch.subtract], (torch.sub, _copy)),
+        ([Tensor.__rsub__, torch.rsub], (torch.rsub, lambda tangent, _: torch.neg(tangent))),
+        ([torch.div, Tensor.div, Tensor.__truediv__, torch.true_divide], (torch.div,) * 2),
+    ]:
+        for func in funcs:
+            rules[func] = ops
+    return rules
+
+
+_NUMBER_RULES = _build_number_rules()
+
+
 class FastTangentRules(TorchFunctionMode):
     """While active, ops in the rule table skip PyTorch's zero-tangent work (see module doc)."""
 
@@ -190,6 +213,20 @@ class FastTangentRules(TorchFunctionMode):
     def __torch_function__(
         self, func: Callable[..., Any], types: tuple, args: tuple = (), kwargs: dict | None = None
     ) -> Any:
+        number_rule = _NUMBER_RULES.get(func)
+        if (
+            number_rule is not None
+            and not kwargs
+            and len(args) == 2
+            and type(args[1]) in _NUMBERS
+            and isinstance(args[0], Tensor)
+        ):
+            primal, tangent = torch._unpack_dual(args[0], self.level)
+            if tangent is not None:
+                primal_op, tangent_op = number_rule
+                return torch._make_dual(
+                    primal_op(primal, args[1]), tangent_op(tangent, args[1]), self.level
+                )
         rule = _RULES.get(func)
         if rule is not None:
             result = rule(self.level, func, args, kwargs or {})

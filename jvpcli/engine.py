@@ -42,6 +42,12 @@ METHODS: tuple[str, ...] = ("auto", "forward", "double-backward")
 
 TensorOrTuple = Tensor | tuple[Tensor, ...]
 
+_CREATE_GRAPH_NOTE = (
+    "create_graph: auto uses double backward, whose graph PyTorch differentiates correctly "
+    "through softmax, det and solve, where backward through their forward-mode rules fails or "
+    "is wrong"
+)
+
 
 @dataclass(frozen=True)
 class Fallback:
@@ -70,17 +76,20 @@ class JvpInfo:
         method_used: the method that produced the result ("forward" or "double-backward").
         fallbacks: the attempts that failed before, in order, with why and what changed.
         seconds: wall time of the whole call, fallbacks included.
+        note: why "auto" chose ``method_used`` without trying forward mode first, if it did.
     """
 
     method: str
     method_used: str
     fallbacks: tuple[Fallback, ...]
     seconds: float
+    note: str | None = None
 
     def __str__(self) -> str:
-        if not self.fallbacks:
-            return self.method_used
-        return f"{self.method_used} (" + "; ".join(str(f) for f in self.fallbacks) + ")"
+        reasons = [str(f) for f in self.fallbacks]
+        if self.note:
+            reasons.insert(0, self.note)
+        return f"{self.method_used} (" + "; ".join(reasons) + ")" if reasons else self.method_used
 
 
 @dataclass(frozen=True)
@@ -119,8 +128,10 @@ def jvp(
         strict: if True, raise RuntimeError when an output does not depend on the inputs, when an
             input influences no output, and (with ``create_graph``) when the Jacobian does not
             depend on the inputs. If False, independent outputs get a zero jvp.
-        method: "auto" (forward mode, with fallbacks where it has gaps), "forward" (forward mode
-            only) or "double-backward" (the reverse-of-reverse trick PyTorch's own jvp uses).
+        method: "auto" (forward mode, with fallbacks where it has gaps; double backward when
+            ``create_graph`` is set, as PyTorch differentiates some forward-mode rules wrongly),
+            "forward" (forward mode only) or "double-backward" (the reverse-of-reverse trick
+            PyTorch's own jvp uses).
         batched_v: if True, the first dimension of every ``v`` tensor indexes K directions
             (each entry of ``v`` has the size ``(K, *input.size())``, the same K throughout), and
             each jvp gets that leading dimension: ``jvp[k]`` is J·v[k]. The primal is computed
@@ -183,7 +194,10 @@ def jvp_with_info(
 
     fallbacks: list[Fallback] = []
     outcome = None
-    if method in ("auto", "forward"):
+    note = None
+    if method == "auto" and create_graph:
+        note = _CREATE_GRAPH_NOTE
+    elif method in ("auto", "forward"):
         forward = _forward_batched if batched_v else _forward
         try:
             outcome = _forward_with_retries(
@@ -206,7 +220,7 @@ def jvp_with_info(
         method_used = "forward"
 
     is_outputs_tuple, outputs, tangents = outcome
-    info = JvpInfo(method, method_used, tuple(fallbacks), time.perf_counter() - start)
+    info = JvpInfo(method, method_used, tuple(fallbacks), time.perf_counter() - start, note)
     return JvpResult(
         _tuple_postprocess(outputs, is_outputs_tuple),
         _tuple_postprocess(tangents, is_outputs_tuple),
@@ -402,10 +416,11 @@ def _forward(
     # (create_graph), to read dependencies off it (strict), or because func differentiates itself.
     track = create_graph or strict or record_graph
     if track:
-        primals = _grad_preprocess(inputs, create_graph, need_graph=True)
-        tangents = _grad_preprocess(v, create_graph, need_graph=False)
+        with torch.enable_grad():  # attaches to the caller's graph even inside torch.no_grad()
+            primals = _dual_ready(_grad_preprocess(inputs, create_graph, need_graph=True))
+            tangents = _grad_preprocess(v, create_graph, need_graph=False)
     else:
-        primals = tuple(x.detach() for x in inputs)
+        primals = _dual_ready(tuple(x.detach() for x in inputs))
         tangents = tuple(t.detach() for t in v)
     versions = [x._version for x in primals]
 
@@ -456,7 +471,7 @@ def _forward_batched(
         return _one_direction_at_a_time(
             lambda tangents: _forward(func, inputs, tangents, create_graph, strict, attempt), v
         )
-    primals = tuple(x.detach() for x in inputs)
+    primals = _dual_ready(tuple(x.detach() for x in inputs))
     versions = [x._version for x in primals]
     structure: list[bool] = []
 
@@ -499,6 +514,16 @@ def _check_inputs_unmodified(primals: tuple[Tensor, ...], versions: list[int]) -
                 "requires grad is being used in an in-place operation). The tensor passed as "
                 f"input {i} now holds the modified values."
             )
+
+
+def _dual_ready(primals: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """Primals that can carry a tangent: an expanded tensor (a stride of 0) cannot, as its
+    tangent would be written in its layout, so it is materialised."""
+    return tuple(x.contiguous() if _is_expanded(x) else x for x in primals)
+
+
+def _is_expanded(x: Tensor) -> bool:
+    return any(st == 0 and sz > 1 for st, sz in zip(x.stride(), x.shape, strict=True))
 
 
 def _discard(_: Tensor) -> None:
@@ -612,10 +637,11 @@ def _jvps_by_double_backward(
     """J·v from the reverse graph of ``outputs``: the gradient of the vector-Jacobian product
     with respect to its (dummy) cotangents, along ``tangents``."""
     with torch.enable_grad():
-        # The backward is linear in grad_outputs, so their value does not matter (only that it is
-        # finite): they are differentiated away below.
+        # The backward is linear in grad_outputs, so their value does not matter as long as the
+        # backward is finite there: they are differentiated away below. Ones, not PyTorch's zeros:
+        # some backward formulas take the log of grad_output (logcumsumexp) and give NaN at zero.
         differentiable = [i for i, out in enumerate(outputs) if out.requires_grad]
-        grad_outputs = {i: torch.zeros_like(outputs[i], requires_grad=True) for i in differentiable}
+        grad_outputs = {i: torch.ones_like(outputs[i], requires_grad=True) for i in differentiable}
         if differentiable:
             grad_inputs = torch.autograd.grad(
                 [outputs[i] for i in differentiable],

@@ -430,3 +430,17 @@ def test_strict_func_that_differentiates_internally_matches_torch(create_graph, 
     expected = torch_jvp(force, x, v, strict=True, create_graph=create_graph)
     got = jvp(force, x, v, strict=True, create_graph=create_graph, method=method)
     torch.testing.assert_close(got, expected)
+
+
+def test_auto_with_create_graph_uses_double_backward_and_says_why():
+    x = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    result = jvp_with_info(
+        lambda t: t.softmax(0), x, torch.randn(3, dtype=torch.float64), create_graph=True
+    )
+    assert result.info.method_used == "double-backward"
+    assert result.info.fallbacks == ()
+    assert "create_graph" in result.info.note
+    assert str(result.info).startswith("double-backward (create_graph")
+    # the reason it does: backward through forward mode's softmax rule fails in PyTorch
+    (gradient,) = torch.autograd.grad(result.jvp.sum(), x)
+    assert torch.isfinite(gradient).all()
