@@ -1329,22 +1329,19 @@ NORM_STATISTICS_REASON = (
     "double backward and their forward-mode rule use them as constants: the gradient of the jvp "
     "misses terms (torch.autograd.functional.jvp is wrong here too)"
 )
+# scaled_dot_product_attention is absent: jvpcli's own tangent rule for it differentiates fine.
 FORWARD_SOFTMAX_CASES = frozenset(
     {
         "reduction-norm-var-std-logsumexp",
         "reduction-softmax-log-softmax-normalize",
-        "sdpa-additive-mask-and-scale",
-        "sdpa-causal-self-attention",
-        "sdpa-separate-query-key-value",
-        "mha-eval-batch-first-no-weights",
         "mha-eval-cross-attention-key-padding-mask",
         "mha-train-with-weights",
-        "attention",
     }
 )
 FORWARD_SOFTMAX_REASON = (
     "PyTorch's forward-mode rules for softmax, log_softmax and logsumexp modify exp's output in "
-    "place: backward through their tangent raises 'modified by an inplace operation'"
+    "place: backward through their tangent raises 'modified by an inplace operation' (MHA with "
+    "need_weights or dropout takes softmax outside scaled_dot_product_attention)"
 )
 FORWARD_LINALG_CASES = frozenset({"linalg-det-slogdet", "linalg-solve-batched", "solve"})
 FORWARD_LINALG_REASON = (

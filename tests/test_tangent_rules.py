@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.autograd.functional import jvp as torch_jvp
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from jvpcli import jvp
 from jvpcli._tangent_rules import _RULES
@@ -137,3 +138,81 @@ def test_in_place_op_on_a_result_leaves_the_operands_tangent_and_v_alone(func):
     got = jvp(func, x, v, method="forward")
     torch.testing.assert_close(got, expected)
     assert torch.equal(v, v_before)
+
+
+MASK = torch.randn(5, 6, dtype=D)
+BOOL_MASK = torch.rand(5, 6) > 0.3
+BOOL_MASK[:, 0] = True  # every query sees at least one key
+
+ATTENTION_CASES = [
+    ("self", lambda q: F.scaled_dot_product_attention(q, q, q), [(2, 3, 5, 4)]),
+    (
+        "separate-qkv",
+        lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
+        [(2, 5, 4), (2, 6, 4), (2, 6, 3)],
+    ),
+    ("query-only-dual", lambda q: F.scaled_dot_product_attention(q, C, C[:, :2]), [(5, 4)]),
+    ("value-only-dual", lambda v: F.scaled_dot_product_attention(C.T, C.T, v), [(4, 2)]),
+    (
+        "additive-mask-scale",
+        lambda q, k: F.scaled_dot_product_attention(q, k, k, attn_mask=MASK, scale=0.3),
+        [(5, 4), (6, 4)],
+    ),
+    (
+        "bool-mask",
+        lambda q, k: F.scaled_dot_product_attention(q, k, k, BOOL_MASK),
+        [(2, 5, 4), (2, 6, 4)],
+    ),
+    ("causal", lambda q: F.scaled_dot_product_attention(q, q, q, is_causal=True), [(1, 5, 4)]),
+    (
+        "gqa-goes-to-pytorch",
+        lambda q, k: F.scaled_dot_product_attention(q, k, k, enable_gqa=True),
+        [(4, 5, 3), (2, 6, 3)],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("func", "shapes"), [c[1:] for c in ATTENTION_CASES], ids=[c[0] for c in ATTENTION_CASES]
+)
+def test_attention_rule_matches_torch_on_the_math_backend(func, shapes):
+    inputs, v = _inputs(shapes), _inputs(shapes)
+    with sdpa_kernel(SDPBackend.MATH):
+        expected = torch_jvp(func, inputs, v)
+    got = jvp(func, inputs, v, method="forward")
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize(
+    ("func", "shapes"),
+    [c[1:] for c in ATTENTION_CASES if "pytorch" not in c[0]],
+    ids=[c[0] for c in ATTENTION_CASES if "pytorch" not in c[0]],
+)
+def test_attention_rule_is_differentiable_with_create_graph(func, shapes):
+    n = len(shapes)
+
+    def jvp_of_inputs_and_v(*tensors):
+        return jvp(func, tensors[:n], tensors[n:], create_graph=True, method="forward")
+
+    tensors = _inputs(shapes, requires_grad=True) + _inputs(shapes, requires_grad=True)
+    assert torch.autograd.gradcheck(jvp_of_inputs_and_v, tensors)
+
+
+def test_rules_reach_ops_inside_python_level_torch_functions():
+    # nn.MultiheadAttention runs F.multi_head_attention_forward, a Python function that the mode
+    # intercepts as a whole: the linear layers and the attention inside must still use the rules.
+    seen = []
+
+    torch.manual_seed(0)
+    attention = torch.nn.MultiheadAttention(8, 2, batch_first=True).double().eval()
+    x, v = torch.randn(2, 5, 8, dtype=D), torch.randn(2, 5, 8, dtype=D)
+    original = _RULES[F.linear]
+    _RULES[F.linear] = lambda *args: seen.append("linear") or original(*args)
+    try:
+        got = jvp(lambda t: attention(t, t, t, need_weights=False)[0], x, v, method="forward")
+    finally:
+        _RULES[F.linear] = original
+    assert "linear" in seen
+    with sdpa_kernel(SDPBackend.MATH):
+        expected = torch_jvp(lambda t: attention(t, t, t, need_weights=False)[0], x, v)
+    torch.testing.assert_close(got, expected)
