@@ -4,13 +4,19 @@ PyTorch's forward-mode formula for a product differentiates *both* factors: ``li
 the tangent ``linear(x_t, W) + linear(x, W_t)``, with ``W_t`` a zero tensor when, as usual, only the
 input carries a tangent — a whole extra matmul per layer. For elementwise arithmetic with a
 constant (``x * 0.5``, ``x + bias``) the zero tangent is worse: it sends the op through Python
-reference implementations, ~50x slower than the op itself.
+reference implementations, ~50x slower than the op itself. Attention, decomposed op by op on the
+math backend, pays both.
 
-:class:`FastTangentRules` is a ``TorchFunctionMode`` that intercepts these ops while a jvp runs.
-When exactly one operand of a (bi)linear op carries a tangent it computes the primal and the one
-tangent term itself; every other case (both operands dual, a dual weight, an unusual argument) goes
-to PyTorch's own rule unchanged. The rules are exact — the same terms PyTorch computes, minus the
-zeros — and differentiable, so ``create_graph`` and strict mode see through them.
+:class:`FastTangentRules` is a ``TorchFunctionMode`` that intercepts these ops while a jvp runs:
+
+- an operand that is a Python number goes to the op's Scalar overload, whose rule is lean;
+- when exactly one operand of a (bi)linear op (``mul``, ``matmul``, ``linear``, ``conv*``,
+  ``addmm``, ...) carries a tangent, the rule computes the primal and that one tangent term;
+- ``scaled_dot_product_attention`` computes its probabilities once and the tangent from them.
+
+Every other case (both operands dual, a dual weight, an unusual argument) goes to PyTorch's own
+rule unchanged. The rules are exact — the same terms PyTorch computes, minus the zeros — and
+differentiable, so ``create_graph`` and strict mode see through them.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from torch.overrides import TorchFunctionMode
 
 Rule = Callable[[int, Callable[..., Any], tuple, dict], Any]
 
-_NUMBERS = frozenset({int, float, complex})
+_NUMBERS = frozenset({int, float})
 
 
 def _split(value: Any, level: int) -> tuple[Any, Tensor | None]:
@@ -240,33 +246,28 @@ def _build_rules() -> dict[Callable[..., Any], Rule]:
 _RULES = _build_rules()
 
 
-def _copy(tangent: Tensor, _: object) -> Tensor:
-    return tangent.clone()
+def _build_number_ops() -> dict[Callable[..., Any], Callable[..., Any]]:
+    """``op(tensor, number)`` → the ATen overload for a Scalar operand.
 
-
-def _build_number_rules() -> dict[Callable[..., Any], tuple[Callable[..., Any], ...]]:
-    """``op(dual, number)``: the primal op and the tangent's op (on the tangent and the number).
-
-    The hottest case of all (``x * 0.5``, ``x + 1``), kept to a dictionary lookup and C calls.
-    Results have the dual operand's shape, and the same dtype for primal and tangent.
+    The hottest case of all (``x * 0.5``, ``x + 1``). The Python binding turns the number into a
+    tensor and calls the Tensor overload, whose forward rule differentiates the number too (a zero
+    tensor, ~50x the op's cost); the Scalar overload's rule does not. Same results otherwise.
     """
-    rules: dict[Callable[..., Any], tuple[Callable[..., Any], ...]] = {}
-    for funcs, ops in [
-        (
-            [torch.mul, Tensor.mul, Tensor.__mul__, Tensor.__rmul__, torch.multiply],
-            (torch.mul,) * 2,
-        ),
-        ([torch.add, Tensor.add, Tensor.__add__, Tensor.__radd__], (torch.add, _copy)),
-        ([torch.sub, Tensor.sub, Tensor.__sub__, torch.subtract], (torch.sub, _copy)),
-        ([Tensor.__rsub__, torch.rsub], (torch.rsub, lambda tangent, _: torch.neg(tangent))),
-        ([torch.div, Tensor.div, Tensor.__truediv__, torch.true_divide], (torch.div,) * 2),
+    aten = torch.ops.aten
+    ops: dict[Callable[..., Any], Callable[..., Any]] = {}
+    for funcs, op in [
+        ([torch.mul, Tensor.mul, Tensor.__mul__, Tensor.__rmul__, torch.multiply], aten.mul.Scalar),
+        ([torch.add, Tensor.add, Tensor.__add__, Tensor.__radd__], aten.add.Scalar),
+        ([torch.sub, Tensor.sub, Tensor.__sub__, torch.subtract], aten.sub.Scalar),
+        ([Tensor.__rsub__, torch.rsub], aten.rsub.Scalar),
+        ([torch.div, Tensor.div, Tensor.__truediv__, torch.true_divide], aten.div.Scalar),
     ]:
         for func in funcs:
-            rules[func] = ops
-    return rules
+            ops[func] = getattr(op, "_op", op)  # the C++ entry point, skipping a Python frame
+    return ops
 
 
-_NUMBER_RULES = _build_number_rules()
+_NUMBER_OPS = _build_number_ops()
 
 
 def _always_false(*_: object) -> bool:
@@ -313,20 +314,16 @@ class FastTangentRules(TorchFunctionMode):
     def __torch_function__(
         self, func: Callable[..., Any], types: tuple, args: tuple = (), kwargs: dict | None = None
     ) -> Any:
-        number_rule = _NUMBER_RULES.get(func)
+        number_op = _NUMBER_OPS.get(func)
         if (
-            number_rule is not None
+            number_op is not None
             and not kwargs
             and len(args) == 2
             and type(args[1]) in _NUMBERS
             and isinstance(args[0], Tensor)
+            and args[0].is_floating_point()
         ):
-            primal, tangent = torch._unpack_dual(args[0], self.level)
-            if tangent is not None:
-                primal_op, tangent_op = number_rule
-                return torch._make_dual(
-                    primal_op(primal, args[1]), tangent_op(tangent, args[1]), self.level
-                )
+            return number_op(*args)
         rule = _RULES.get(func)
         if rule is not None:
             result = rule(self.level, func, args, kwargs or {})
