@@ -1,8 +1,8 @@
 """The ``jvpcli`` command line: parse, call the library, print, exit with the right code.
 
 Exit codes: 0 success; 1 a run failed while computing; 2 an unusable command line, config or input
-file, found before computing. torch is imported inside the commands only, so ``--help``,
-``--version`` and shell completion answer without loading it.
+file, found before computing; 130 interrupted by Ctrl-C. torch is imported inside the commands
+only, so ``--help``, ``--version`` and shell completion answer without loading it.
 """
 
 from __future__ import annotations
@@ -11,27 +11,47 @@ import contextlib
 import json
 import platform
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Annotated, Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
 from jvpcli import __version__
-from jvpcli.config import DTYPES, METHODS, Override, json_schema, load_spec, parse_assignment
-from jvpcli.errors import JvpcliError
+from jvpcli.config import (
+    DTYPES,
+    METHODS,
+    Override,
+    RunSpec,
+    Shard,
+    json_schema,
+    load_sweep,
+    parse_assignment,
+)
+from jvpcli.errors import Interrupted, JvpcliError, RunsFailed
 from jvpcli.report import (
     check_json,
     check_view,
+    checks_view,
     document,
     inspect_json,
     inspect_view,
+    progress_line,
     run_json,
     run_view,
+    sweep_json,
+    sweep_progress,
+    sweep_view,
 )
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from jvpcli.runner import CheckedRun, RunFailure, RunResult, Session
 
 __all__ = ["app", "main"]
 
@@ -88,7 +108,8 @@ def _root(
 ) -> None:
     """Jacobian-vector products J_f(x)·v of PyTorch functions and saved models.
 
-    Exit codes: 0 success, 1 a run failed computing, 2 an unusable command line, config or file.
+    Exit codes: 0 success, 1 a run failed computing, 2 an unusable command line, config or file,
+    130 interrupted (Ctrl-C).
     """
 
 
@@ -142,13 +163,34 @@ def compute(
         str | None, typer.Option(metavar="DTYPE", help=f"Cast inputs and v to {', '.join(DTYPES)}.")
     ] = None,
     set_: SetOption = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Skip runs whose output exists, intact, from the same settings and input files.",
+        ),
+    ] = False,
+    fail_fast: Annotated[
+        bool,
+        typer.Option("--fail-fast", help="Stop a sweep at its first failed run."),
+    ] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            metavar="K/N",
+            help="Run only the K-th of N slices of the runs (K from 1), dealt round-robin: N "
+            "jobs with K = 1..N cover a sweep exactly once.",
+        ),
+    ] = None,
     json_: JsonOption = False,
     quiet: QuietOption = False,
     debug: DebugOption = False,
 ) -> None:
     """Compute J_f(x)·v as a config describes, write func_output and jvp, print a summary.
 
-    Options override the config's keys; without a config they describe the whole run.
+    Options override the config's keys (in every run of a sweep); without a config they describe
+    the whole run. A sweep shows its progress on stderr, runs on past a failed run (exit 1 at the
+    end) and ends with a table of every run.
     """
     stdout, stderr = _consoles()
     named: dict[str, Any] = {
@@ -162,20 +204,136 @@ def compute(
         "device": device,
         "dtype": dtype,
     }
-    with _reporting(stdout, stderr, json_, debug, {"runs": []}):
+    payload: dict[str, Any] = {"runs": []}
+    with _reporting(stdout, stderr, json_, debug, payload):
         overrides = _overrides(set_)
         for key, value in named.items():
             if value is not None:
                 plain = str(value) if isinstance(value, Path) else value
                 overrides.append((key, plain, "--" + key.replace("_", "-")))
-        spec = load_spec(config, overrides)
-        from jvpcli.runner import run
+        selection = None if shard is None else Shard.parse(shard)
+        sweep = load_sweep(config, overrides)
+        runs = sweep.runs if selection is None else selection.select(sweep.runs)
+        from jvpcli.runner import Session
 
-        result = run(spec)
+        session = Session()
+        checked = session.check_all(runs, name_runs=sweep.is_sweep)
+        if sweep.is_sweep or not checked:
+            _compute_sweep(
+                session,
+                checked,
+                (stdout, stderr),
+                payload,
+                resume=resume,
+                fail_fast=fail_fast,
+                json_output=json_,
+                quiet=quiet,
+            )
+            return
+        (outcome,) = session.run(checked, resume=resume, fail_fast=True)
+        if outcome.status == "failed":
+            raise outcome.error
         if json_:
-            _print_json(stdout, document(runs=[run_json(result)]))
+            _print_json(stdout, document(runs=[run_json(outcome)]))
         elif not quiet:
-            stdout.print(run_view(result))
+            stdout.print(run_view(outcome))
+
+
+def _compute_sweep(
+    session: Session,
+    checked: Sequence[CheckedRun],
+    consoles: tuple[Console, Console],
+    payload: dict[str, Any],
+    *,
+    resume: bool,
+    fail_fast: bool,
+    json_output: bool,
+    quiet: bool,
+) -> None:
+    """Run the checked runs of a sweep, its progress on stderr; fill ``payload["runs"]`` with
+    every run; print the JSON document, or the summary table (unless quiet and all went well).
+
+    Raises:
+        Interrupted: Ctrl-C, after the summary of what finished.
+        RunsFailed: some runs failed, after the summary.
+    """
+    stdout, stderr = consoles
+    runs = [run.spec for run in checked]
+    outcomes: list[RunResult | RunFailure] = []
+    interrupted = False
+    try:
+        with _SweepProgress(stderr, runs, quiet) as progress:
+            for outcome in session.run(checked, resume=resume, fail_fast=fail_fast):
+                outcomes.append(outcome)
+                progress.finished(outcome)
+    except KeyboardInterrupt:
+        interrupted = True
+    payload["runs"] = sweep_json(runs, outcomes)
+    failed = [outcome for outcome in outcomes if outcome.status == "failed"]
+    error: JvpcliError | None = None
+    if interrupted:
+        error = Interrupted(
+            f"interrupted (Ctrl-C) after {len(outcomes)} of {len(runs)} runs; run the same "
+            "command with --resume to skip the finished ones."
+        )
+    elif failed:
+        names = [outcome.spec.name for outcome in failed]
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        stopped = " (--fail-fast: the rest did not run)" if len(outcomes) < len(runs) else ""
+        error = RunsFailed(f"{len(failed)} of {len(runs)} runs failed: {shown}{stopped}.")
+        # --debug then shows the first failure's traceback too.
+        error.__cause__ = failed[0].error
+    if json_output:
+        if error is None:
+            _print_json(stdout, document(**payload))
+    elif error is not None or not quiet:
+        stdout.print(sweep_view(runs, outcomes))
+    if error is not None:
+        raise error
+
+
+class _SweepProgress:
+    """A sweep's progress on stderr: a bar on a terminal, one line per finished run otherwise
+    (logs), nothing when quiet."""
+
+    def __init__(self, console: Console, runs: Sequence[RunSpec], quiet: bool) -> None:
+        self._console = console
+        self._runs = runs
+        self._quiet = quiet
+        self._done = 0
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> _SweepProgress:
+        if not self._quiet and self._console.is_interactive:
+            self._bar = sweep_progress(self._console)
+            self._bar.start()
+            self._task = self._bar.add_task("", total=len(self._runs), run=self._current())
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def finished(self, outcome: RunResult | RunFailure) -> None:
+        """Count a finished run, and show it."""
+        self._done += 1
+        line = progress_line(outcome, self._done, len(self._runs))
+        if self._bar is not None and self._task is not None:
+            if outcome.status == "failed":
+                # Printed above the bar, so that it stays when the bar goes.
+                self._bar.console.print(line, soft_wrap=True)
+            self._bar.update(self._task, advance=1, run=self._current())
+        elif not self._quiet:
+            self._console.print(line, soft_wrap=True, highlight=False)
+
+    def _current(self) -> str:
+        return self._runs[self._done].name if self._done < len(self._runs) else ""
 
 
 @app.command()
@@ -190,18 +348,18 @@ def validate(
 
     Checks the keys and values, that each file exists, the tensors' names, shapes and dtypes
     (from the safetensors headers), that the function loads, and how inputs bind to its
-    parameters.
+    parameters; for a sweep, every run, and lists them.
     """
     stdout, stderr = _consoles()
     with _reporting(stdout, stderr, json_, debug, {"runs": []}):
-        spec = load_spec(config, _overrides(set_))
-        from jvpcli.runner import check
+        sweep = load_sweep(config, _overrides(set_))
+        from jvpcli.runner import Session
 
-        checked = check(spec)
+        checked = Session().check_all(sweep.runs, name_runs=sweep.is_sweep)
         if json_:
-            _print_json(stdout, document(runs=[check_json(checked)]))
+            _print_json(stdout, document(runs=[check_json(run) for run in checked]))
         elif not quiet:
-            stdout.print(check_view(checked))
+            stdout.print(checks_view(checked) if sweep.is_sweep else check_view(checked[0]))
 
 
 @app.command()
@@ -257,16 +415,18 @@ def _reporting(
     stderr: Console,
     json_output: bool,
     debug: bool,
-    empty_payload: dict[str, Any],
+    payload: dict[str, Any],
 ) -> Iterator[None]:
-    """Turn a jvpcli error into its message on stderr and its exit code; with ``--json``, also
-    into a JSON document on stdout, its payload keys (``runs``, ``file``) empty."""
+    """Turn a jvpcli error, or Ctrl-C, into its message on stderr and its exit code (130 for
+    Ctrl-C, not click's "Aborted!" and 1); with ``--json``, also into a JSON document on stdout
+    carrying ``payload`` (``runs``, ``file``): what the command had produced, as it filled it."""
     try:
         yield
-    except JvpcliError as error:
+    except (JvpcliError, KeyboardInterrupt) as caught:
+        error = caught if isinstance(caught, JvpcliError) else Interrupted("interrupted (Ctrl-C).")
         if debug:
-            stderr.out("".join(traceback.format_exception(error)), highlight=False)
+            stderr.out("".join(traceback.format_exception(caught)), highlight=False)
         stderr.print(Text.assemble(("error: ", "bold red"), str(error)), soft_wrap=True)
         if json_output:
-            _print_json(stdout, document(error, **empty_payload))
+            _print_json(stdout, document(error, **payload))
         raise typer.Exit(error.exit_code) from None

@@ -1,9 +1,11 @@
-"""Configs: a YAML file, plus command-line overrides, validated into a :class:`RunSpec`.
+"""Configs: a YAML file, plus command-line overrides, validated into :class:`RunSpec` s.
 
 The pipeline is ``read_config`` (YAML → :class:`ConfigDocument`, remembering where each key was
-written) → :meth:`ConfigDocument.override` (``--set key=value`` and the dedicated options) →
-:func:`build_spec` (validated, paths resolved → :class:`RunSpec`). Every problem raises
-:class:`~jvpcli.errors.ConfigError` naming the file, line and column (or the option) at fault.
+written) → :func:`build_sweep` (``sweep:`` and ``runs:`` expanded into one document per run, each
+given its name, the command-line overrides and its ``output`` template filled in) →
+:func:`build_spec` (one run validated, paths resolved → :class:`RunSpec`). The whole sweep is
+validated before anything runs: every problem raises :class:`~jvpcli.errors.ConfigError` naming
+the file, line and column (or the option) at fault.
 
 Validation is hand-written over one table of keys (:data:`_KEYS`), from which :func:`json_schema`
 is also generated, so the schema editors see and the checks the command makes cannot drift apart.
@@ -12,13 +14,16 @@ This module does not import torch.
 
 from __future__ import annotations
 
+import copy
 import difflib
+import hashlib
+import itertools
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePath
+from typing import Any, TypeVar
 
 import yaml
 
@@ -35,9 +40,12 @@ __all__ = [
     "PlainFunction",
     "Reference",
     "RunSpec",
+    "Shard",
+    "Sweep",
     "build_spec",
+    "build_sweep",
     "json_schema",
-    "load_spec",
+    "load_sweep",
     "parse_assignment",
     "read_config",
 ]
@@ -53,6 +61,7 @@ _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _IDENTIFIERS = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 KeyPath = tuple[str, ...]
+_T = TypeVar("_T")
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,7 +142,7 @@ class RunSpec:
         output: where ``func_output`` and ``jvp`` are written.
         order: the order in which the tensors in ``inputs`` are passed, when their names do not
             match the function's parameters.
-        strict, create_graph, method: passed to the engine.
+        strict, create_graph, method, batched_v: passed to the engine.
         dtype: a floating-point dtype name to cast inputs and ``v`` to, or ``None`` to keep theirs.
         device: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``.
         config: the config file the run came from (``None`` for a config-free command line).
@@ -150,6 +159,7 @@ class RunSpec:
     method: str = "auto"
     dtype: str | None = None
     device: str = "cpu"
+    batched_v: bool = False
     config: Path | None = None
 
     def settings(self) -> dict[str, Any]:
@@ -178,11 +188,74 @@ class RunSpec:
             "method": self.method,
             "dtype": self.dtype,
             "device": self.device,
+            "batched_v": self.batched_v,
         }
+
+    def read_files(self) -> dict[str, Path]:
+        """The files the run reads, by the key that names them (``inputs``, ``v``, ``function``
+        for a ``.py`` file, ``function.weights``, ``function.exported``)."""
+        files = {"inputs": self.inputs, "v": self.v}
+        if isinstance(self.function, ExportedFunction):
+            files["function.exported"] = self.function.archive
+        else:
+            if self.function.ref.is_file:
+                files["function"] = Path(self.function.ref.module)
+            if isinstance(self.function, ModelFunction):
+                files["function.weights"] = self.function.weights
+        return {role: path for role, path in files.items() if path is not None}
 
 
 def _reference_text(ref: Reference) -> str:
     return f"{ref.module}:{ref.name}"
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """The runs a config describes, validated, in a stable order.
+
+    Attributes:
+        runs: every run: each ``runs`` entry in order (or the top level alone), crossed with
+            every combination of the swept values, the last swept key varying fastest.
+        is_sweep: whether the config has ``sweep`` or ``runs``, rather than describing one run.
+    """
+
+    runs: tuple[RunSpec, ...]
+    is_sweep: bool
+
+
+@dataclass(frozen=True)
+class Shard:
+    """``--shard K/N``: the K-th of N slices of a sweep, which together hold every run once.
+
+    Runs are dealt round-robin in the sweep's order: run ``i`` (from 0) belongs to shard
+    ``i % N + 1``, so shards differ in size by at most one run, whatever the machine.
+
+    Attributes:
+        index: K, from 1 to ``count``.
+        count: N.
+    """
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """Read ``K/N``.
+
+        Raises:
+            ConfigError: ``text`` is not two whole numbers ``K/N`` with ``1 <= K <= N``.
+        """
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+        if match is None or not 1 <= int(match[1]) <= int(match[2]):
+            raise ConfigError(
+                f"--shard {text}: expected K/N with 1 <= K <= N, e.g. --shard 2/4 for the second "
+                "of four slices."
+            )
+        return cls(int(match[1]), int(match[2]))
+
+    def select(self, runs: Sequence[_T]) -> tuple[_T, ...]:
+        """This shard's runs, in their order."""
+        return tuple(runs[self.index - 1 :: self.count])
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,6 +319,19 @@ _KEYS: dict[str, _Key] = {
         "Where to compute: cpu, cuda, cuda:N, mps, or auto (cuda if available, else cpu).",
         default="cpu",
     ),
+    "batched_v": _Key(
+        "boolean",
+        "Treat the first dimension of every v tensor as K directions: v has the shape "
+        "(K, *input shape), the same K for every tensor, and jvp gets that leading dimension.",
+        default=False,
+    ),
+}
+
+_SWEEP_KEYS: dict[str, str] = {
+    "sweep": "A mapping of run keys to lists of values: one run per combination (the cartesian "
+    "product), each named after its values.",
+    "runs": "A list of runs, each a mapping of keys that override the top level (and an optional "
+    "name).",
 }
 
 _FUNCTION_KEYS: dict[str, str] = {
@@ -275,9 +361,14 @@ class ConfigDocument:
         origin: how errors name the document (the config file, or "the command line").
         base_dir: the folder relative paths resolve against (the config's folder, or the cwd).
         config: the config file, if there is one.
-        positions: where each key path was written ("FILE:LINE:COLUMN", or the option).
+        positions: where each key path was written ("FILE:LINE:COLUMN", or the option); list
+            items are keyed by their index as a string, e.g. ``("runs", "0", "name")``.
         bases: key paths whose relative paths resolve against another folder than base_dir
             (values from the command line resolve against the cwd).
+        parent: for one run of a sweep (see :meth:`derive`), the config's document, which knows
+            where the keys it does not were written.
+        sources: for one run of a sweep, where each of its top-level keys lies in ``parent``,
+            e.g. ``{"v": ("sweep", "v", "1")}``; keys not listed lie at the same place.
     """
 
     data: dict[str, Any]
@@ -286,12 +377,16 @@ class ConfigDocument:
     config: Path | None = None
     positions: dict[KeyPath, str] = field(default_factory=dict, repr=False)
     bases: dict[KeyPath, Path] = field(default_factory=dict, repr=False)
+    parent: ConfigDocument | None = field(default=None, repr=False)
+    sources: Mapping[str, KeyPath] = field(default_factory=dict, repr=False)
 
     def locate(self, path: KeyPath) -> str:
         """Where the key at ``path`` (or its closest written ancestor) was written."""
         for end in range(len(path), 0, -1):
             if path[:end] in self.positions:
                 return self.positions[path[:end]]
+        if self.parent is not None:
+            return self.parent.locate(self._in_parent(path))
         return self.origin
 
     def base_for(self, path: KeyPath) -> Path:
@@ -299,7 +394,33 @@ class ConfigDocument:
         for end in range(len(path), 0, -1):
             if path[:end] in self.bases:
                 return self.bases[path[:end]]
+        if self.parent is not None:
+            return self.parent.base_for(self._in_parent(path))
         return self.base_dir
+
+    def derive(
+        self, data: dict[str, Any], sources: Mapping[str, KeyPath], run: str
+    ) -> ConfigDocument:
+        """A document for one run of this sweep document.
+
+        Args:
+            data: the run's keys, merged from the top level, its ``runs`` entry and the sweep.
+            sources: where each key of ``data`` that is not at the top level lies in this
+                document, so that errors point at the line that wrote it.
+            run: the run's name (if it has one yet), for errors that have no line.
+        """
+        return ConfigDocument(
+            data,
+            f"{self.origin} (run {run!r})" if run else self.origin,
+            self.base_dir,
+            self.config,
+            parent=self,
+            sources=sources,
+        )
+
+    def _in_parent(self, path: KeyPath) -> KeyPath:
+        source = self.sources.get(path[0]) if path else None
+        return path if source is None else (*source, *path[1:])
 
     def override(self, key: str, value: Any, source: str) -> None:
         """Set the dotted ``key`` to ``value``, as the command line does; ``None`` removes it.
@@ -387,6 +508,11 @@ def read_config(path: Path) -> ConfigDocument:
 def _record_positions(
     node: yaml.Node, path: KeyPath, shown: str, where: dict[KeyPath, str]
 ) -> None:
+    if isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            mark = item.start_mark
+            where[(*path, str(index))] = f"{shown}:{mark.line + 1}:{mark.column + 1}"
+            _record_positions(item, (*path, str(index)), shown, where)
     if not isinstance(node, yaml.MappingNode):
         return
     seen: set[str] = set()
@@ -419,8 +545,14 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def load_spec(config: Path | None, overrides: Iterable[Override] = ()) -> RunSpec:
-    """Read ``config`` (or start from nothing), apply ``overrides`` in order, and validate.
+_RESHAPING_KEYS = frozenset({"sweep", "runs", "name"})
+
+
+def load_sweep(config: Path | None, overrides: Iterable[Override] = ()) -> Sweep:
+    """Read ``config`` (or start from nothing), apply ``overrides``, expand and validate its runs.
+
+    Overrides of ``sweep``, ``runs`` and ``name`` (and keys inside them) change the config before
+    it is expanded; every other override applies to each run, over what its ``runs`` entry sets.
 
     Args:
         config: a YAML config file, or ``None`` for a config given wholly by ``overrides``.
@@ -428,26 +560,285 @@ def load_spec(config: Path | None, overrides: Iterable[Override] = ()) -> RunSpe
             in them resolve against the working directory.
 
     Returns:
-        The validated run.
+        The runs, each validated.
 
     Raises:
-        ConfigError: anything wrong with the config or an override.
+        ConfigError: anything wrong with the config, an override, or the sweep as a whole.
     """
     if config is None:
         document = ConfigDocument({}, "the command line", Path.cwd().resolve())
     else:
         document = read_config(config)
+    per_run: list[Override] = []
     for key, value, source in overrides:
-        document.override(key, value, source)
-    return build_spec(document)
+        if key.split(".")[0] in _RESHAPING_KEYS:
+            document.override(key, value, source)
+        else:
+            per_run.append((key, value, source))
+    return build_sweep(document, per_run)
 
 
 # --------------------------------------------------------------------------------------------
 # Validation
 
 
+def build_sweep(document: ConfigDocument, overrides: Sequence[Override] = ()) -> Sweep:
+    """Expand a config document into its runs, and validate each of them and all together.
+
+    A config without ``sweep`` or ``runs`` is one run. Otherwise each ``runs`` entry (or the top
+    level alone) is crossed with every combination of the swept values. A run is named by its
+    entry's ``name``, or else by the top-level ``name`` and the labels of its entry's values,
+    followed by the labels of its swept values (see :func:`_label`), joined by ``-``. ``{name}``
+    and ``{KEY}`` in ``output`` are then replaced by the run's name and the label of its value
+    of KEY; ``{{`` and ``}}`` stand for braces.
+
+    Args:
+        document: the config.
+        overrides: command-line values set in every run, over what its ``runs`` entry sets.
+
+    Returns:
+        The runs, in order.
+
+    Raises:
+        ConfigError: whatever :func:`build_spec` raises for a run; ``sweep`` or ``runs``
+            malformed; a key both swept and set elsewhere; an unknown ``{placeholder}`` in
+            ``output``; two runs with one name or one output; an output that another run reads.
+    """
+    data = document.data
+    _reject_unknown(data, (*_KEYS, *_SWEEP_KEYS), (), document)
+    swept = _swept_values(document)
+    entries = _run_entries(document, swept)
+    for key, _, source in overrides:
+        head = key.split(".")[0]
+        if head in swept:
+            raise ConfigError(
+                f"{source}: {head!r} is swept ({document.locate(('sweep', head))}); change its "
+                f"values with --set sweep.{head}=[...]."
+            )
+    is_sweep = any(data.get(key) is not None for key in _SWEEP_KEYS)
+    top = {key: value for key, value in data.items() if key not in _SWEEP_KEYS}
+    swept_labels = {key: _distinct_labels(key, values) for key, values in swept.items()}
+    built: list[tuple[RunSpec, ConfigDocument, str]] = []
+    for index, entry in entries:
+        head = _entry_name(document, top, index, entry)
+        where = document.locate(("sweep",) if index is None else ("runs", str(index)))
+        for combination in itertools.product(*(range(len(v)) for v in swept.values())):
+            chosen = dict(zip(swept, combination, strict=True))
+            labels = {key: swept_labels[key][i] for key, i in chosen.items()}
+            run_data = {**top, **entry, **{key: swept[key][i] for key, i in chosen.items()}}
+            name = "-".join(part for part in (head, *labels.values()) if part)
+            if not is_sweep:
+                run_document = document
+            else:
+                if name:
+                    run_data["name"] = name
+                sources: dict[str, KeyPath] = {key: ("runs", str(index), key) for key in entry}
+                sources.update({key: ("sweep", key, str(i)) for key, i in chosen.items()})
+                if overrides:
+                    run_data = copy.deepcopy(run_data)
+                run_document = document.derive(run_data, sources, name)
+            for key, value, source in overrides:
+                run_document.override(key, value, source)
+            _fill_output(run_document, labels)
+            built.append((build_spec(run_document), run_document, where))
+    _reject_clashes(built)
+    return Sweep(tuple(spec for spec, _, _ in built), is_sweep)
+
+
+def _swept_values(document: ConfigDocument) -> dict[str, list[Any]]:
+    value = document.data.get("sweep")
+    if value is None:
+        return {}
+    where = document.locate(("sweep",))
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(
+            f"{where}: 'sweep' must be a mapping of keys to lists of values, e.g. "
+            f"{{method: [forward, double-backward]}}; got {_describe(value)}."
+        )
+    if "name" in value:
+        raise ConfigError(
+            f"{document.locate(('sweep', 'name'))}: 'name' cannot be swept: runs are named after "
+            "their swept values. To name runs yourself, list them under runs."
+        )
+    _reject_unknown(value, [key for key in _KEYS if key != "name"], ("sweep",), document)
+    for key, values in value.items():
+        here = document.locate(("sweep", key))
+        if not isinstance(values, list) or not values:
+            raise ConfigError(
+                f"{here}: 'sweep.{key}' must be a non-empty list of values, e.g. [a, b]; got "
+                f"{_describe(values)}."
+            )
+        seen: set[str] = set()
+        for position, item in enumerate(values):
+            canonical = _canonical(item)
+            if canonical in seen:
+                raise ConfigError(
+                    f"{document.locate(('sweep', key, str(position)))}: 'sweep.{key}' lists "
+                    f"{_describe(item)} twice."
+                )
+            seen.add(canonical)
+        if document.data.get(key) is not None:
+            raise ConfigError(
+                f"{document.locate((key,))}: {key!r} is set here and swept at {here}; keep one."
+            )
+    return dict(value)
+
+
+def _run_entries(
+    document: ConfigDocument, swept: Mapping[str, Any]
+) -> list[tuple[int | None, dict[str, Any]]]:
+    value = document.data.get("runs")
+    if value is None:
+        return [(None, {})]
+    if not isinstance(value, list) or not value:
+        raise ConfigError(
+            f"{document.locate(('runs',))}: 'runs' must be a non-empty list of mappings, e.g. "
+            f"[{{name: a}}, {{name: b, v: b.safetensors}}]; got {_describe(value)}."
+        )
+    entries: list[tuple[int | None, dict[str, Any]]] = []
+    for index, entry in enumerate(value):
+        path = ("runs", str(index))
+        if not isinstance(entry, dict):
+            raise ConfigError(
+                f"{document.locate(path)}: each entry of 'runs' must be a mapping of keys, e.g. "
+                f"{{name: a, v: a.safetensors}}; entry {index} is {_describe(entry)}."
+            )
+        _reject_unknown(entry, _KEYS, path, document)
+        for key in entry:
+            if key in swept:
+                raise ConfigError(
+                    f"{document.locate((*path, key))}: {key!r} is swept "
+                    f"({document.locate(('sweep', key))}); a runs entry cannot set it too."
+                )
+        entries.append((index, entry))
+    return entries
+
+
+def _entry_name(
+    document: ConfigDocument, top: Mapping[str, Any], index: int | None, entry: Mapping[str, Any]
+) -> str:
+    """The first part of the names of an entry's runs: its name, or the top-level name and the
+    labels of what the entry sets."""
+    if "name" in entry:
+        where = document.locate(("runs", str(index), "name"))
+        return _expect_string("name", entry["name"], where)
+    parts = [_label(key, value) for key, value in entry.items() if value is not None]
+    if top.get("name") is not None:
+        parts.insert(0, _expect_string("name", top["name"], document.locate(("name",))))
+    return "-".join(parts)
+
+
+def _label(key: str, value: Any) -> str:
+    """A short, file-name-safe text for a value of a run key: what names and ``{key}`` use.
+
+    A path's file stem (``data/v0.safetensors`` → ``v0``); a function's name; ``key`` or
+    ``no-key`` for a boolean; list items joined by ``+``; any other value as written.
+    """
+    if isinstance(value, bool):
+        text = key if value else f"no-{key}"
+    elif key == "function":
+        text = _function_label(value)
+    elif _KEYS[key].kind == "path" and isinstance(value, str):
+        text = PurePath(value).stem
+    elif isinstance(value, list):
+        text = "+".join(str(item) for item in value)
+    else:
+        text = str(value)
+    return re.sub(r"[^\w.+=-]+", "_", text).strip("._") or key
+
+
+def _function_label(value: Any) -> str:
+    if isinstance(value, str):
+        return value.rpartition(":")[2]
+    if isinstance(value, dict) and isinstance(value.get("exported"), str):
+        return PurePath(value["exported"]).stem
+    if isinstance(value, dict) and isinstance(value.get("target"), str):
+        return value["target"].rpartition(":")[2]
+    return _canonical(value)
+
+
+def _distinct_labels(key: str, values: Sequence[Any]) -> list[str]:
+    """The labels of a swept key's values; labels two values share get a short digest of the
+    value appended, so that they differ and stay the same when other values are added."""
+    labels = [_label(key, value) for value in values]
+    return [
+        label
+        if labels.count(label) == 1
+        else f"{label}-{hashlib.sha256(_canonical(value).encode()).hexdigest()[:8]}"
+        for label, value in zip(labels, values, strict=True)
+    ]
+
+
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
+_PLACEHOLDER_KEYS = ("name", *(key for key in _KEYS if key != "output"))
+
+
+def _fill_output(document: ConfigDocument, labels: Mapping[str, str]) -> None:
+    """Replace ``{name}`` and ``{KEY}`` in the run's ``output`` (``labels``: of swept keys)."""
+    output = document.data.get("output")
+    if not isinstance(output, str) or ("{" not in output and "}" not in output):
+        return
+    where = document.locate(("output",))
+
+    def fill(match: re.Match[str]) -> str:
+        if match[1] is None:
+            return match[0][0]
+        key = match[1]
+        if key not in _PLACEHOLDER_KEYS:
+            raise ConfigError(
+                f"{where}: 'output' uses {{{key}}}, which names no run key."
+                + _did_you_mean(key, _PLACEHOLDER_KEYS)
+                + " Write {name} or a key such as {method}; {{ and }} stand for braces."
+            )
+        if key in labels:
+            return labels[key]
+        value = document.data.get(key, _KEYS[key].default)
+        if key == "name" and value is None and document.config is not None:
+            return document.config.stem
+        if value is None:
+            raise ConfigError(
+                f"{where}: 'output' uses {{{key}}}, but {document.origin} does not set {key!r}."
+            )
+        return value if key == "name" and isinstance(value, str) else _label(key, value)
+
+    document.data["output"] = _PLACEHOLDER.sub(fill, output)
+
+
+def _reject_clashes(built: Sequence[tuple[RunSpec, ConfigDocument, str]]) -> None:
+    """Two runs may not share a name or an output, nor write a file another run reads."""
+    names: dict[str, str] = {}
+    outputs: dict[Path, RunSpec] = {}
+    reads = {path: (spec, role) for spec, _, _ in built for role, path in spec.read_files().items()}
+    for spec, document, where in built:
+        if spec.name in names:
+            raise ConfigError(
+                f"{where}: two runs are named {spec.name!r} (see also {names[spec.name]}); run "
+                "names must be unique: give runs entries distinct names."
+            )
+        names[spec.name] = where
+        output = document.locate(("output",))
+        if spec.output in outputs:
+            other = outputs[spec.output]
+            raise ConfigError(
+                f"{output}: runs {other.name!r} and {spec.name!r} both write "
+                f"{display_path(spec.output)}; put {{name}} in output, e.g. "
+                "output: results/{name}.safetensors."
+            )
+        outputs[spec.output] = spec
+        if spec.output in reads:
+            reader, role = reads[spec.output]
+            raise ConfigError(
+                f"{output}: run {spec.name!r} writes {display_path(spec.output)}, which run "
+                f"{reader.name!r} reads as {role!r}; writing it would destroy an input."
+            )
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 def build_spec(document: ConfigDocument) -> RunSpec:
-    """Validate a config document into a :class:`RunSpec`.
+    """Validate a config document (of one run) into a :class:`RunSpec`.
 
     Raises:
         ConfigError: an unknown key (with a "did you mean"), a missing required key, a value of the
@@ -481,6 +872,7 @@ def build_spec(document: ConfigDocument) -> RunSpec:
         method=values["method"],
         dtype=values["dtype"],
         device=values["device"],
+        batched_v=values["batched_v"],
         config=document.config,
     )
     _reject_overwriting_inputs(spec, document)
@@ -596,13 +988,8 @@ def _parse_reference(text: str, path: KeyPath, document: ConfigDocument) -> Refe
 
 
 def _reject_overwriting_inputs(spec: RunSpec, document: ConfigDocument) -> None:
-    read = {"inputs": spec.inputs, "v": spec.v}
-    if isinstance(spec.function, ModelFunction):
-        read["function.weights"] = spec.function.weights
-    if isinstance(spec.function, ExportedFunction):
-        read["function.exported"] = spec.function.archive
-    for key, path in read.items():
-        if path is not None and path == spec.output:
+    for key, path in spec.read_files().items():
+        if path == spec.output:
             raise ConfigError(
                 f"{document.locate(('output',))}: 'output' is the same file as {key!r} "
                 f"({display_path(path)}); writing it would destroy an input."
@@ -713,13 +1100,34 @@ def json_schema() -> dict[str, Any]:
         if spec.default is not None:
             schema["default"] = spec.default
         properties[key] = schema
+    run_keys = dict(properties)
+    properties["sweep"] = {
+        "description": _SWEEP_KEYS["sweep"],
+        "type": "object",
+        "additionalProperties": False,
+        "minProperties": 1,
+        "properties": {
+            key: {"type": "array", "minItems": 1, "items": schema}
+            for key, schema in run_keys.items()
+            if key != "name"
+        },
+    }
+    properties["runs"] = {
+        "description": _SWEEP_KEYS["runs"],
+        "type": "array",
+        "minItems": 1,
+        "items": {"type": "object", "additionalProperties": False, "properties": run_keys},
+    }
+    sweeps = {"anyOf": [{"required": [key]} for key in _SWEEP_KEYS]}
     return {
         "$schema": "http://json-schema.org/draft-07/schema#",
         "title": "jvpcli config",
-        "description": "One run of `jvpcli compute`. Relative paths resolve against the "
-        "config file's folder.",
+        "description": "One run of `jvpcli compute`, or a sweep of runs. Relative paths resolve "
+        "against the config file's folder.",
         "type": "object",
         "additionalProperties": False,
-        "required": [key for key, spec in _KEYS.items() if spec.required],
         "properties": properties,
+        # A sweep may give the required keys in its runs entries or swept values instead.
+        "if": {"not": sweeps},
+        "then": {"required": [key for key, spec in _KEYS.items() if spec.required]},
     }

@@ -5,6 +5,8 @@
 - :class:`ComputeError` (exit 1): a run failed while computing: the function raised, or the engine
   refused (a strict-mode violation, ``v`` that does not fit the outputs, ...).
 - :class:`JvpcliError` itself (exit 1): any other failed run, e.g. an output that cannot be written.
+- :class:`RunsFailed` (exit 1): runs of a sweep failed (each with its own error).
+- :class:`Interrupted` (exit 130, as for a shell command stopped by Ctrl-C): the user interrupted.
 
 Each message is one paragraph a user can act on, without a Python traceback. This module imports
 nothing heavy: the command line imports it to answer ``--help``.
@@ -23,7 +25,9 @@ __all__ = [
     "ComputeError",
     "ConfigError",
     "FunctionLoadError",
+    "Interrupted",
     "JvpcliError",
+    "RunsFailed",
     "SourceLocation",
     "TensorFileError",
     "UsageError",
@@ -75,6 +79,16 @@ class TensorFileError(UsageError):
 
 class ComputeError(JvpcliError):
     """A run failed while computing (exit code 1)."""
+
+
+class RunsFailed(JvpcliError):
+    """Some runs of a sweep failed; the others ran (exit code 1)."""
+
+
+class Interrupted(JvpcliError):
+    """The user interrupted the command with Ctrl-C (exit code 130)."""
+
+    exit_code = 130
 
 
 @dataclass(frozen=True)

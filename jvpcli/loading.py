@@ -61,11 +61,15 @@ class LoadedFunction:
     files: Mapping[str, Path]
 
 
-def load_function(spec: FunctionSpec) -> LoadedFunction:
+def load_function(
+    spec: FunctionSpec, modules: dict[str, ModuleType] | None = None
+) -> LoadedFunction:
     """Load the function a config describes.
 
     Args:
         spec: a plain function, a model to build (and load weights into), or an exported archive.
+        modules: the user's modules imported so far, by file path or dotted name: one found here
+            is not imported again, and one imported is added. ``None``: import afresh.
 
     Returns:
         The callable, with its parameter names and the files it came from.
@@ -78,7 +82,11 @@ def load_function(spec: FunctionSpec) -> LoadedFunction:
     """
     if isinstance(spec, ExportedFunction):
         return _load_exported(spec.archive)
-    module = _import(spec.ref)
+    module = None if modules is None else modules.get(spec.ref.module)
+    if module is None:
+        module = _import(spec.ref)
+        if modules is not None:
+            modules[spec.ref.module] = module
     source_files = (Path(module.__file__),) if getattr(module, "__file__", None) else ()
     files = {"function": Path(spec.ref.module)} if spec.ref.is_file else {}
     target = _lookup(module, spec.ref)

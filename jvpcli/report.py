@@ -8,10 +8,19 @@ This module does not import torch.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from rich import box
-from rich.console import Group, RenderableType
+from rich.console import Console, Group, RenderableType
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -19,17 +28,25 @@ from jvpcli import __version__
 from jvpcli.errors import JvpcliError, display_path, format_shape
 
 if TYPE_CHECKING:
-    from jvpcli.runner import CheckedRun, InspectedFile, RunResult
+    from jvpcli.config import RunSpec
+    from jvpcli.runner import CheckedRun, InspectedFile, RunFailure, RunResult
     from jvpcli.tensors import TensorStats
+
+    RunOutcome = RunResult | RunFailure
 
 __all__ = [
     "check_json",
     "check_view",
+    "checks_view",
     "document",
     "inspect_json",
     "inspect_view",
+    "progress_line",
     "run_json",
     "run_view",
+    "sweep_json",
+    "sweep_progress",
+    "sweep_view",
 ]
 
 
@@ -42,16 +59,30 @@ def run_view(result: RunResult) -> RenderableType:
     table = _stats_table(f"{spec.name}: {spec.function}")
     warnings = []
     for output in result.outputs:
-        for key, stats in zip(output.keys, (output.func_output, output.jvp), strict=True):
-            table.add_row(key, format_shape(output.shape), output.dtype, *_stats_cells(stats))
+        rows = zip(
+            output.keys,
+            (output.shape, output.jvp_shape),
+            (output.func_output, output.jvp),
+            strict=True,
+        )
+        for key, shape, stats in rows:
+            table.add_row(key, format_shape(shape), output.dtype, *_stats_cells(stats))
             if not stats.finite:
                 warnings.append(f"{key} has {_non_finite(stats)} values")
         table.add_section()
     details = _details()
     details.add_row("method", result.description)
-    details.add_row(
-        "time", f"{_duration(result.seconds)} computing, {_duration(result.total_seconds)} in all"
-    )
+    if result.skipped:
+        details.add_row(
+            "time",
+            f"{_duration(result.seconds)} computing, when written; nothing computed now: the "
+            "output is up to date (--resume)",
+        )
+    else:
+        details.add_row(
+            "time",
+            f"{_duration(result.seconds)} computing, {_duration(result.total_seconds)} in all",
+        )
     details.add_row("device", result.device)
     if result.carried_graph:
         details.add_row("graph", "the results carried an autograd graph; saved detached")
@@ -63,38 +94,147 @@ def run_view(result: RunResult) -> RenderableType:
 
 def run_json(result: RunResult) -> dict[str, Any]:
     """A run's summary as a JSON-ready dict (one entry of the document's ``runs``)."""
-    spec = result.spec
+    return _run_entry(result.spec, result.status, result)
+
+
+def sweep_json(runs: Sequence[RunSpec], outcomes: Sequence[RunOutcome]) -> list[dict[str, Any]]:
+    """Every run of a sweep as a JSON-ready dict: ``ok`` and ``skipped`` runs as
+    :func:`run_json` has them, ``failed`` ones with their ``error``, and those that never
+    started (after ``--fail-fast`` or Ctrl-C) as ``not run``; result keys are ``null`` where
+    there is no result."""
+    finished = {outcome.spec.name: outcome for outcome in outcomes}
+    return [_run_entry(spec, *_status_of(finished.get(spec.name))) for spec in runs]
+
+
+def _status_of(outcome: RunOutcome | None) -> tuple[str, RunOutcome | None]:
+    return ("not run", None) if outcome is None else (outcome.status, outcome)
+
+
+def _run_entry(spec: RunSpec, status: str, outcome: RunOutcome | None) -> dict[str, Any]:
+    result = outcome if outcome is not None and outcome.status != "failed" else None
+    error = outcome.error if outcome is not None and outcome.status == "failed" else None
     return {
         "name": spec.name,
-        "status": "ok",
+        "status": status,
         "function": str(spec.function),
         "config": None if spec.config is None else str(spec.config),
         "inputs": str(spec.inputs),
         "v": None if spec.v is None else str(spec.v),
         "output": str(spec.output),
         "method": spec.method,
-        "method_used": result.method_used,
-        "fallbacks": [
+        "method_used": None if result is None else result.method_used,
+        "fallbacks": None
+        if result is None
+        else [
             {"method": f.method, "reason": f.reason, "remedy": f.remedy} for f in result.fallbacks
         ],
         "strict": spec.strict,
         "create_graph": spec.create_graph,
-        "carried_graph": result.carried_graph,
+        "batched_v": spec.batched_v,
+        "carried_graph": None if result is None else result.carried_graph,
         "dtype": spec.dtype,
-        "device": result.device,
-        "seconds": result.seconds,
-        "total_seconds": result.total_seconds,
-        "outputs": [
+        "device": spec.device if result is None else result.device,
+        "seconds": None if result is None else result.seconds,
+        "total_seconds": None if outcome is None else outcome.total_seconds,
+        "outputs": None
+        if result is None
+        else [
             {
                 "index": output.index,
                 "shape": list(output.shape),
+                "jvp_shape": list(output.jvp_shape),
                 "dtype": output.dtype,
                 "func_output": _stats_json(output.keys[0], output.func_output),
                 "jvp": _stats_json(output.keys[1], output.jvp),
             }
             for output in result.outputs
         ],
+        "error": None if error is None else _error_json(error),
     }
+
+
+def sweep_view(runs: Sequence[RunSpec], outcomes: Sequence[RunOutcome]) -> RenderableType:
+    """A sweep's summary: one row per run (status, method, time, max |jvp|, output), then why
+    each failed run failed, then the counts."""
+    finished = {outcome.spec.name: outcome for outcome in outcomes}
+    table = _table(None)
+    # Only names and paths may fold: the short columns keep their width, nothing is cut short.
+    table.add_column("run", style="bold", overflow="fold")
+    table.add_column("status", no_wrap=True)
+    table.add_column("method", no_wrap=True)
+    table.add_column("time", justify="right", no_wrap=True)
+    table.add_column("max |jvp|", justify="right", no_wrap=True)
+    table.add_column("output", overflow="fold")
+    failures: list[RenderableType] = []
+    counts = {"ok": 0, "skipped": 0, "failed": 0, "not run": 0}
+    for spec in runs:
+        status, outcome = _status_of(finished.get(spec.name))
+        counts[status] += 1
+        output = display_path(spec.output)
+        if outcome is None:
+            table.add_row(spec.name, Text(status, style="dim"), "—", "—", "—", output)
+        elif outcome.status == "failed":
+            time = _duration(outcome.total_seconds)
+            table.add_row(spec.name, Text(status, style="bold red"), "—", time, "—", "—")
+            failures.append(
+                Text.assemble((f"{spec.name} failed: ", "bold red"), str(outcome.error))
+            )
+        else:
+            time = "—" if outcome.skipped else _duration(outcome.total_seconds)
+            style = "green" if status == "ok" else "cyan"
+            table.add_row(
+                spec.name,
+                Text(status, style=style),
+                outcome.method_used,
+                time,
+                _number(_max_abs_jvp(outcome)),
+                output,
+            )
+    summary = ", ".join(f"{count} {status}" for status, count in counts.items() if count)
+    total = f"{len(runs)} run{'s' if len(runs) != 1 else ''}"
+    return Group(table, *failures, Text(f"{total}: {summary or 'none selected'}"))
+
+
+def progress_line(outcome: RunOutcome, done: int, total: int) -> Text:
+    """One line about a finished run, for logs: ``[done/total] status name  details``."""
+    width = len(str(total))
+    spec = outcome.spec
+    line = Text(f"[{done:>{width}}/{total}] ")
+    if outcome.status == "failed":
+        line.append("failed ", style="bold red")
+        return line.append(f" {spec.name}: {' '.join(str(outcome.error).split())}")
+    if outcome.status == "skipped":
+        line.append("skipped", style="cyan")
+        return line.append(f" {spec.name}: {display_path(spec.output)} is up to date")
+    line.append("ok     ", style="green")
+    largest = _max_abs_jvp(outcome)
+    return line.append(
+        f" {spec.name}: {outcome.method_used}, {_duration(outcome.total_seconds)}, max |jvp| "
+        f"{'—' if largest is None else f'{largest:.4g}'} → {display_path(spec.output)}"
+    )
+
+
+def sweep_progress(console: Console) -> Progress:
+    """A progress bar for a sweep on a terminal: the current run (a task's ``run`` field), runs
+    done / total, elapsed time and ETA. It disappears when done, leaving the summary."""
+    return Progress(
+        TextColumn("{task.fields[run]}", markup=False),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("runs"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def _max_abs_jvp(result: RunResult) -> float | None:
+    extremes = [abs(x) for o in result.outputs for x in (o.jvp.min, o.jvp.max) if x is not None]
+    if any(math.isnan(x) for x in extremes):
+        return math.nan
+    return max(extremes, default=None)
 
 
 def document(error: JvpcliError | None = None, **payload: Any) -> dict[str, Any]:
@@ -109,14 +249,16 @@ def document(error: JvpcliError | None = None, **payload: Any) -> dict[str, Any]
         "jvpcli_version": __version__,
         "ok": error is None,
         "exit_code": 0 if error is None else error.exit_code,
-        "error": None
-        if error is None
-        else {
-            "type": type(error).__name__,
-            "message": error.message,
-            "location": None if error.location is None else str(error.location),
-        },
+        "error": None if error is None else _error_json(error),
         **payload,
+    }
+
+
+def _error_json(error: JvpcliError) -> dict[str, Any]:
+    return {
+        "type": type(error).__name__,
+        "message": error.message,
+        "location": None if error.location is None else str(error.location),
     }
 
 
@@ -144,6 +286,29 @@ def check_view(checked: CheckedRun) -> RenderableType:
     return Group(table, details, Text("valid: ready to run (nothing was computed)", style="green"))
 
 
+def checks_view(checked: Sequence[CheckedRun]) -> RenderableType:
+    """What ``jvpcli validate`` found for a sweep: one row per run, with its files and method."""
+    table = _table(None)
+    table.add_column("run", style="bold", overflow="fold")
+    table.add_column("function", overflow="fold")
+    table.add_column("inputs", overflow="fold")
+    table.add_column("v", overflow="fold")
+    table.add_column("method")
+    table.add_column("output", overflow="fold")
+    for run in checked:
+        spec = run.spec
+        table.add_row(
+            spec.name,
+            str(spec.function),
+            display_path(spec.inputs),
+            "—" if spec.v is None else display_path(spec.v),
+            spec.method,
+            display_path(spec.output),
+        )
+    count = f"{len(checked)} run{'s' if len(checked) != 1 else ''}"
+    return Group(table, Text(f"valid: {count} ready (nothing was computed)", style="green"))
+
+
 def check_json(checked: CheckedRun) -> dict[str, Any]:
     """What ``jvpcli validate`` found, as a JSON-ready dict (one entry of ``runs``)."""
     spec = checked.spec
@@ -164,6 +329,7 @@ def check_json(checked: CheckedRun) -> dict[str, Any]:
         "v": None if spec.v is None else str(spec.v),
         "output": str(spec.output),
         "method": spec.method,
+        "batched_v": spec.batched_v,
         "dtype": spec.dtype,
         "device": str(checked.device),
     }

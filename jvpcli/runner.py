@@ -1,27 +1,43 @@
-"""Runs: check a :class:`~jvpcli.config.RunSpec` against its files, compute, write, summarize.
+"""Runs: check :class:`~jvpcli.config.RunSpec` s against their files, compute, write, summarize.
 
-:func:`check` does everything that can fail before computing (files, names, shapes, dtypes, the
-function, the device) and raises :class:`~jvpcli.errors.UsageError` subclasses; :func:`execute`
-computes and writes, raising :class:`~jvpcli.errors.ComputeError` when the computation fails;
-:func:`run` does both. Results come back as plain records for :mod:`jvpcli.report` to render.
+A :class:`Session` runs one run or a whole sweep in one process, sharing what runs have in
+common: each function module is imported once, each function built once (per device and dtype),
+each tensor file read once. :meth:`Session.check` does everything that can fail before computing
+(files, names, shapes, dtypes, the function, the device) and raises
+:class:`~jvpcli.errors.UsageError` subclasses; :meth:`Session.execute` computes and writes,
+raising :class:`~jvpcli.errors.ComputeError` when the computation fails; :meth:`Session.run` runs
+checked runs in order, failures isolated, finished outputs reused with ``resume``. Results come
+back as plain records for :mod:`jvpcli.report` to render.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
-from collections.abc import Mapping
+import traceback
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
 from jvpcli import __version__
 from jvpcli.config import RunSpec
 from jvpcli.engine import Fallback, JvpInfo, jvp_with_info
-from jvpcli.errors import ComputeError, ConfigError, JvpcliError, display_path, user_location
+from jvpcli.errors import (
+    ComputeError,
+    ConfigError,
+    JvpcliError,
+    TensorFileError,
+    display_path,
+    user_location,
+)
 from jvpcli.loading import LoadedFunction, load_function
 from jvpcli.tensors import (
+    FileCache,
     TensorFileHeader,
     TensorStats,
     bind_inputs,
@@ -29,8 +45,8 @@ from jvpcli.tensors import (
     check_tangents,
     read_header,
     read_tensors,
-    sha256_file,
     tensor_stats,
+    tensors_sha256,
     write_tensors,
 )
 
@@ -38,12 +54,11 @@ __all__ = [
     "CheckedRun",
     "InspectedFile",
     "OutputRecord",
+    "RunFailure",
     "RunResult",
-    "check",
-    "execute",
+    "Session",
     "inspect_file",
     "output_keys",
-    "run",
 ]
 
 
@@ -74,7 +89,9 @@ class OutputRecord:
 
     Attributes:
         index: its position in the tuple the function returned, or ``None`` for a single Tensor.
-        shape, dtype: of both tensors (a tangent has its output's shape and dtype).
+        shape: the output's shape.
+        dtype: of both tensors (a tangent has its output's dtype).
+        jvp_shape: the tangent's shape: ``shape``, or ``(K, *shape)`` with ``batched_v``.
         func_output, jvp: statistics of the output and of its tangent J·v.
     """
 
@@ -83,6 +100,7 @@ class OutputRecord:
     dtype: str
     func_output: TensorStats
     jvp: TensorStats
+    jvp_shape: tuple[int, ...]
 
     @property
     def keys(self) -> tuple[str, str]:
@@ -92,7 +110,7 @@ class OutputRecord:
 
 @dataclass(frozen=True)
 class RunResult:
-    """What a successful run did.
+    """What a successful run did (or, when ``skipped``, what the run that wrote its output did).
 
     Attributes:
         spec: the run.
@@ -101,9 +119,12 @@ class RunResult:
         fallbacks: the engine's attempts that failed before, in order.
         description: the engine's one-line account of the method, e.g. "forward".
         seconds: the engine's wall time.
-        total_seconds: the run's wall time: loading, computing and writing.
+        total_seconds: the run's wall time: loading, computing and writing (or, when skipped,
+            checking the existing output).
         carried_graph: whether the results carried an autograd graph (saved detached).
         outputs: one record per output of the function.
+        skipped: whether the output was already there, from the same run (``resume``), and
+            nothing was computed.
     """
 
     spec: RunSpec
@@ -115,6 +136,32 @@ class RunResult:
     total_seconds: float
     carried_graph: bool
     outputs: tuple[OutputRecord, ...]
+    skipped: bool = False
+
+    @property
+    def status(self) -> str:
+        """``"ok"``, or ``"skipped"``."""
+        return "skipped" if self.skipped else "ok"
+
+
+@dataclass(frozen=True)
+class RunFailure:
+    """A run that failed while computing or writing.
+
+    Attributes:
+        spec: the run.
+        error: why, as the user is told.
+        total_seconds: how long it ran before failing.
+    """
+
+    spec: RunSpec
+    error: JvpcliError
+    total_seconds: float
+
+    @property
+    def status(self) -> str:
+        """``"failed"``."""
+        return "failed"
 
 
 @dataclass(frozen=True)
@@ -132,113 +179,304 @@ def output_keys(index: int | None) -> tuple[str, str]:
     return f"func_output{suffix}", f"jvp{suffix}"
 
 
-def check(spec: RunSpec) -> CheckedRun:
-    """Check everything about a run that can be checked without computing.
+class Session:
+    """Checks and runs the runs of a sweep (or a single run) in one process.
 
-    Reads the headers of the inputs and v files (not their data), loads the function, binds the
-    input tensors to its parameters and resolves the device.
-
-    Raises:
-        UsageError: a file is missing or corrupt; tensors are integer, misnamed or do not fit each
-            other or the function; the function cannot be loaded; the device is not available;
-            the output is a folder.
+    Each function module is imported once, each function built once per device and dtype (so a
+    model is never cast under another run's feet), and each file's header, tensors and digest
+    read once, by path.
     """
-    inputs = read_header(spec.inputs, "inputs")
-    v = None if spec.v is None else read_header(spec.v, "v")
-    check_differentiable(inputs, spec.dtype)
-    check_tangents(inputs, v, spec.dtype)
-    if spec.output.is_dir():
-        raise ConfigError(f"output {display_path(spec.output)} is a folder; name a file.")
-    device = _device(spec.device)
-    function = load_function(spec.function)
-    order = bind_inputs(inputs, function.parameters, function.required, spec.order, function.name)
-    return CheckedRun(spec, function, inputs, v, order, device)
 
+    def __init__(self) -> None:
+        self.files = FileCache()
+        self._modules: dict[str, ModuleType] = {}
+        self._functions: dict[tuple[str, str, str | None], LoadedFunction] = {}
+        self._devices: dict[str, torch.device] = {}
 
-def execute(checked: CheckedRun, started: float | None = None) -> RunResult:
-    """Compute a checked run and write its output file.
+    def check(self, spec: RunSpec) -> CheckedRun:
+        """Check everything about a run that can be checked without computing.
 
-    Args:
-        checked: what :func:`check` returned.
-        started: when the run started (``time.perf_counter()``), for the total time; default now.
+        Reads the headers of the inputs and v files (not their data), loads the function, binds
+        the input tensors to its parameters and resolves the device.
 
-    Returns:
-        The run's record.
-
-    Raises:
-        TensorFileError: a tensor file changed since it was checked.
-        ComputeError: the function or the engine raised; the message names where in the user's
-            code, when it passed through it.
-        JvpcliError: the output file cannot be written.
-    """
-    started = time.perf_counter() if started is None else started
-    spec, function = checked.spec, checked.function
-    dtype = None if spec.dtype is None else getattr(torch, spec.dtype)
-    if isinstance(function.func, torch.nn.Module):
-        function.func.to(device=checked.device, dtype=dtype)
-    inputs = _load(checked.inputs, checked.order, checked.device, dtype)
-    v = None if checked.v is None else _load(checked.v, checked.order, checked.device, dtype)
-    try:
-        result = jvp_with_info(
-            function.func,
-            inputs[0] if len(inputs) == 1 else inputs,
-            None if v is None else (v[0] if len(v) == 1 else v),
-            spec.create_graph,
-            spec.strict,
-            method=spec.method,
+        Raises:
+            UsageError: a file is missing or corrupt; tensors are integer, misnamed or do not fit
+                each other or the function; the function cannot be loaded; the device is not
+                available; the output is a folder.
+        """
+        inputs = self.files.header(spec.inputs, "inputs")
+        v = None if spec.v is None else self.files.header(spec.v, "v")
+        check_differentiable(inputs, spec.dtype)
+        check_tangents(inputs, v, spec.dtype, spec.batched_v)
+        if spec.output.is_dir():
+            raise ConfigError(f"output {display_path(spec.output)} is a folder; name a file.")
+        device = self._devices.get(spec.device)
+        if device is None:
+            device = self._devices[spec.device] = _device(spec.device)
+        key = (json.dumps(spec.settings()["function"], sort_keys=True), str(device), spec.dtype)
+        function = self._functions.get(key)
+        if function is None:
+            function = self._functions[key] = load_function(spec.function, self._modules)
+        order = bind_inputs(
+            inputs, function.parameters, function.required, spec.order, function.name
         )
-    except Exception as error:
-        raise ComputeError(
-            f"computing the JVP of {function.name} failed: {type(error).__name__}: {error}",
-            location=user_location(error, function.source_files),
-        ) from error
-    is_tuple = isinstance(result.func_output, tuple)
-    outputs = result.func_output if is_tuple else (result.func_output,)
-    tangents = result.jvp if is_tuple else (result.jvp,)
-    tensors: dict[str, torch.Tensor] = {}
-    records = []
-    for position, (output, tangent) in enumerate(zip(outputs, tangents, strict=True)):
-        index = position if is_tuple else None
-        output_key, jvp_key = output_keys(index)
-        tensors[output_key], tensors[jvp_key] = output, tangent
-        records.append(
-            OutputRecord(
-                index,
-                tuple(output.shape),
-                str(output.dtype).removeprefix("torch."),
-                tensor_stats(output),
-                tensor_stats(tangent),
+        return CheckedRun(spec, function, inputs, v, order, device)
+
+    def check_all(
+        self, specs: Sequence[RunSpec], *, name_runs: bool = False
+    ) -> tuple[CheckedRun, ...]:
+        """:meth:`check` every run, before any computes.
+
+        Args:
+            specs: the runs.
+            name_runs: start each error's message with the name of the run at fault.
+
+        Raises:
+            UsageError: from :meth:`check`, for the first unusable run.
+        """
+        checked = []
+        for spec in specs:
+            try:
+                checked.append(self.check(spec))
+            except JvpcliError as error:
+                if not name_runs:
+                    raise
+                raise type(error)(
+                    f"run {spec.name!r}: {error.message}", location=error.location
+                ) from error
+        return tuple(checked)
+
+    def execute(self, checked: CheckedRun, started: float | None = None) -> RunResult:
+        """Compute a checked run and write its output file.
+
+        Args:
+            checked: what :meth:`check` returned.
+            started: when the run started (``time.perf_counter()``), for the total time;
+                default now.
+
+        Returns:
+            The run's record.
+
+        Raises:
+            TensorFileError: a tensor file changed since it was checked.
+            ComputeError: the function or the engine raised; the message names where in the
+                user's code, when it passed through it.
+            JvpcliError: the output file cannot be written.
+        """
+        started = time.perf_counter() if started is None else started
+        spec, function = checked.spec, checked.function
+        dtype = None if spec.dtype is None else getattr(torch, spec.dtype)
+        if isinstance(function.func, torch.nn.Module):
+            function.func.to(device=checked.device, dtype=dtype)
+        inputs = self._load(checked.inputs, checked.order, checked.device, dtype)
+        v = (
+            None
+            if checked.v is None
+            else self._load(checked.v, checked.order, checked.device, dtype)
+        )
+        try:
+            result = jvp_with_info(
+                function.func,
+                inputs[0] if len(inputs) == 1 else inputs,
+                None if v is None else (v[0] if len(v) == 1 else v),
+                spec.create_graph,
+                spec.strict,
+                method=spec.method,
+                batched_v=spec.batched_v,
             )
+        except Exception as error:
+            raise ComputeError(
+                f"computing the JVP of {function.name} failed: {type(error).__name__}: {error}",
+                location=user_location(error, function.source_files),
+            ) from error
+        is_tuple = isinstance(result.func_output, tuple)
+        outputs = result.func_output if is_tuple else (result.func_output,)
+        tangents = result.jvp if is_tuple else (result.jvp,)
+        tensors: dict[str, torch.Tensor] = {}
+        for position, (output, tangent) in enumerate(zip(outputs, tangents, strict=True)):
+            output_key, jvp_key = output_keys(position if is_tuple else None)
+            tensors[output_key], tensors[jvp_key] = output, tangent
+        carried_graph = any(t.requires_grad for t in tensors.values())
+        try:
+            write_tensors(
+                spec.output, tensors, self._metadata(checked, result.info, tensors, carried_graph)
+            )
+        except (OSError, ValueError) as error:
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+            raise JvpcliError(
+                f"cannot write the output {display_path(spec.output)}: {reason}."
+            ) from error
+        return RunResult(
+            spec=spec,
+            device=str(checked.device),
+            method_used=result.info.method_used,
+            fallbacks=result.info.fallbacks,
+            description=str(result.info),
+            seconds=result.info.seconds,
+            total_seconds=time.perf_counter() - started,
+            carried_graph=carried_graph,
+            outputs=_records(tensors, is_tuple),
         )
-    try:
-        write_tensors(spec.output, tensors, _metadata(checked, result.info))
-    except (OSError, ValueError) as error:
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
-        raise JvpcliError(
-            f"cannot write the output {display_path(spec.output)}: {reason}."
-        ) from error
-    return RunResult(
-        spec=spec,
-        device=str(checked.device),
-        method_used=result.info.method_used,
-        fallbacks=result.info.fallbacks,
-        description=str(result.info),
-        seconds=result.info.seconds,
-        total_seconds=time.perf_counter() - started,
-        carried_graph=any(t.requires_grad for t in (*outputs, *tangents)),
-        outputs=tuple(records),
-    )
 
+    def reuse(self, checked: CheckedRun, started: float | None = None) -> RunResult | None:
+        """The result of a run whose output is already written, or ``None`` to compute it.
 
-def run(spec: RunSpec) -> RunResult:
-    """Check, compute and write one run: :func:`check` then :func:`execute`.
+        An output is reused only when it is intact (its header checks out and its tensors match
+        the digest it records) and comes from the same run: the same settings and the same
+        bytes of every file the run reads (the config file itself may change, e.g. to add
+        runs). Anything else (missing, torn, corrupt, other settings, changed inputs) is
+        ``None``: never trusted.
 
-    Raises:
-        UsageError: from :func:`check`, before anything is computed or written.
-        JvpcliError: from :func:`execute`.
-    """
-    started = time.perf_counter()
-    return execute(check(spec), started)
+        Args:
+            checked: what :meth:`check` returned.
+            started: when the run started (``time.perf_counter()``); default now.
+        """
+        started = time.perf_counter() if started is None else started
+        spec = checked.spec
+        if not spec.output.is_file():
+            return None
+        try:
+            header = read_header(spec.output, "output")
+            if header.metadata.get("jvpcli.fingerprint") != self._fingerprint(checked):
+                return None
+            tensors = read_tensors(header)
+        except TensorFileError:
+            return None
+        metadata = header.metadata
+        if metadata.get("jvpcli.content_sha256") != tensors_sha256(tensors):
+            return None
+        is_tuple = "func_output" not in tensors
+        if set(tensors) != {k for i in range(len(tensors) // 2) for k in _keys(i, is_tuple)}:
+            return None
+        try:
+            fallbacks = tuple(Fallback(**f) for f in json.loads(metadata["jvpcli.fallbacks"]))
+            info = JvpInfo(
+                spec.method,
+                metadata["jvpcli.method_used"],
+                fallbacks,
+                float(metadata["jvpcli.seconds"]),
+            )
+            carried_graph = json.loads(metadata["jvpcli.carried_graph"]) is True
+            device = metadata["jvpcli.device"]
+        except (KeyError, TypeError, ValueError):
+            return None
+        return RunResult(
+            spec=spec,
+            device=device,
+            method_used=info.method_used,
+            fallbacks=info.fallbacks,
+            description=str(info),
+            seconds=info.seconds,
+            total_seconds=time.perf_counter() - started,
+            carried_graph=carried_graph,
+            outputs=_records(tensors, is_tuple),
+            skipped=True,
+        )
+
+    def run(
+        self, runs: Sequence[CheckedRun], *, resume: bool = False, fail_fast: bool = False
+    ) -> Iterator[RunResult | RunFailure]:
+        """Run checked runs in order, yielding each one's outcome as it finishes.
+
+        A run that fails is yielded as a :class:`RunFailure` and the next one starts. A
+        KeyboardInterrupt propagates at once: the outputs of the runs yielded so far are
+        complete, and the run in progress leaves no file (outputs are written atomically).
+        Each tensor file's tensors are dropped after the last run that reads them.
+
+        Args:
+            runs: what :meth:`check` returned for each run.
+            resume: reuse the outputs :meth:`reuse` accepts instead of computing them.
+            fail_fast: stop after the first failure.
+
+        Yields:
+            A :class:`RunResult` (``skipped`` when reused) or a :class:`RunFailure` per run.
+        """
+        readers = Counter(path for run in runs for path in _tensor_files(run))
+        for checked in runs:
+            started = time.perf_counter()
+            try:
+                outcome: RunResult | RunFailure = (
+                    self.reuse(checked, started) if resume else None
+                ) or self.execute(checked, started)
+            except JvpcliError as error:
+                outcome = RunFailure(checked.spec, error, time.perf_counter() - started)
+                _drop_locals(error)
+            except Exception as error:
+                wrapped = JvpcliError(f"{type(error).__name__}: {error}")
+                wrapped.__cause__ = error
+                outcome = RunFailure(checked.spec, wrapped, time.perf_counter() - started)
+                _drop_locals(error)
+            for path in _tensor_files(checked):
+                readers[path] -= 1
+                if not readers[path]:
+                    self.files.release(path)
+            yield outcome
+            if fail_fast and isinstance(outcome, RunFailure):
+                return
+
+    def _load(
+        self,
+        header: TensorFileHeader,
+        order: tuple[str, ...],
+        device: torch.device,
+        dtype: torch.dtype | None,
+    ) -> tuple[torch.Tensor, ...]:
+        tensors = self.files.tensors(header)
+        return tuple(tensors[name].to(device=device, dtype=dtype) for name in order)
+
+    def _fingerprint(self, checked: CheckedRun) -> str:
+        # What identifies a run's result; the config file is left out, so that editing it (to
+        # add runs, say) does not make finished runs look stale.
+        files = {"inputs": checked.spec.inputs, "v": checked.spec.v, **checked.function.files}
+        identity = {
+            "settings": checked.spec.settings(),
+            "sha256": {role: self.files.sha256(p) for role, p in files.items() if p is not None},
+        }
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+    def _metadata(
+        self,
+        checked: CheckedRun,
+        info: JvpInfo,
+        tensors: Mapping[str, torch.Tensor],
+        carried_graph: bool,
+    ) -> dict[str, str]:
+        spec = checked.spec
+        files: dict[str, Path | None] = {
+            "config": spec.config,
+            "inputs": spec.inputs,
+            "v": spec.v,
+            **checked.function.files,
+        }
+        metadata = {
+            "format": "pt",
+            "jvpcli.version": __version__,
+            "torch.version": torch.__version__,
+            "jvpcli.function": str(spec.function),
+            "jvpcli.method": spec.method,
+            "jvpcli.method_used": info.method_used,
+            "jvpcli.fallbacks": json.dumps(
+                [
+                    {"method": f.method, "reason": f.reason, "remedy": f.remedy}
+                    for f in info.fallbacks
+                ]
+            ),
+            "jvpcli.seconds": f"{info.seconds:.6f}",
+            "jvpcli.strict": json.dumps(spec.strict),
+            "jvpcli.create_graph": json.dumps(spec.create_graph),
+            "jvpcli.batched_v": json.dumps(spec.batched_v),
+            "jvpcli.carried_graph": json.dumps(carried_graph),
+            "jvpcli.device": str(checked.device),
+            "jvpcli.settings": json.dumps(spec.settings(), sort_keys=True),
+            "jvpcli.fingerprint": self._fingerprint(checked),
+            "jvpcli.content_sha256": tensors_sha256(tensors),
+        }
+        if spec.dtype is not None:
+            metadata["jvpcli.dtype"] = spec.dtype
+        for role, path in files.items():
+            if path is not None:
+                metadata[f"jvpcli.sha256.{role}"] = self.files.sha256(path)
+        return metadata
 
 
 def inspect_file(path: Path) -> InspectedFile:
@@ -272,43 +510,41 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _load(
-    header: TensorFileHeader,
-    order: tuple[str, ...],
-    device: torch.device,
-    dtype: torch.dtype | None,
-) -> tuple[torch.Tensor, ...]:
-    tensors = read_tensors(header)
-    return tuple(tensors[name].to(device=device, dtype=dtype) for name in order)
+def _drop_locals(error: BaseException) -> None:
+    # A failure is kept until the sweep ends: its traceback must not keep the tensors of its
+    # frames (activations, a CUDA out-of-memory's) alive meanwhile. Its lines stay printable.
+    chain: BaseException | None = error
+    cleared: set[int] = set()
+    while chain is not None and id(chain) not in cleared:
+        cleared.add(id(chain))
+        traceback.clear_frames(chain.__traceback__)
+        chain = chain.__cause__ or chain.__context__
 
 
-def _metadata(checked: CheckedRun, info: JvpInfo) -> dict[str, str]:
-    spec = checked.spec
-    files: dict[str, Path | None] = {
-        "config": spec.config,
-        "inputs": spec.inputs,
-        "v": spec.v,
-        **checked.function.files,
-    }
-    metadata = {
-        "format": "pt",
-        "jvpcli.version": __version__,
-        "torch.version": torch.__version__,
-        "jvpcli.function": str(spec.function),
-        "jvpcli.method": spec.method,
-        "jvpcli.method_used": info.method_used,
-        "jvpcli.fallbacks": json.dumps(
-            [{"method": f.method, "reason": f.reason, "remedy": f.remedy} for f in info.fallbacks]
-        ),
-        "jvpcli.seconds": f"{info.seconds:.6f}",
-        "jvpcli.strict": json.dumps(spec.strict),
-        "jvpcli.create_graph": json.dumps(spec.create_graph),
-        "jvpcli.device": str(checked.device),
-        "jvpcli.settings": json.dumps(spec.settings(), sort_keys=True),
-    }
-    if spec.dtype is not None:
-        metadata["jvpcli.dtype"] = spec.dtype
-    for role, path in files.items():
-        if path is not None:
-            metadata[f"jvpcli.sha256.{role}"] = sha256_file(path)
-    return metadata
+def _tensor_files(checked: CheckedRun) -> tuple[Path, ...]:
+    return (
+        (checked.spec.inputs,) if checked.spec.v is None else (checked.spec.inputs, checked.spec.v)
+    )
+
+
+def _keys(index: int, is_tuple: bool) -> tuple[str, str]:
+    return output_keys(index if is_tuple else None)
+
+
+def _records(tensors: Mapping[str, torch.Tensor], is_tuple: bool) -> tuple[OutputRecord, ...]:
+    """Records of the outputs and tangents in ``tensors``, keyed as :func:`output_keys` says."""
+    records = []
+    for position in range(len(tensors) // 2):
+        output_key, jvp_key = _keys(position, is_tuple)
+        output, tangent = tensors[output_key], tensors[jvp_key]
+        records.append(
+            OutputRecord(
+                index=position if is_tuple else None,
+                shape=tuple(output.shape),
+                dtype=str(output.dtype).removeprefix("torch."),
+                func_output=tensor_stats(output),
+                jvp=tensor_stats(tangent),
+                jvp_shape=tuple(tangent.shape),
+            )
+        )
+    return tuple(records)

@@ -17,7 +17,7 @@ import secrets
 import stat
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from jvpcli.errors import TensorFileError, display_path, format_shape
 
 __all__ = [
+    "FileCache",
     "TensorFileHeader",
     "TensorInfo",
     "TensorStats",
@@ -37,6 +38,7 @@ __all__ = [
     "read_tensors",
     "sha256_file",
     "tensor_stats",
+    "tensors_sha256",
     "write_tensors",
 ]
 
@@ -237,6 +239,64 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+    """Return the hex sha256 of named tensors: their names, dtypes, shapes and values.
+
+    It does not depend on the order of ``tensors`` nor on how a file lays them out, so the
+    digest of tensors before they are written equals that of the tensors read back.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        header = {"name": name, "dtype": str(tensor.dtype), "shape": list(tensor.shape)}
+        digest.update(json.dumps(header).encode() + b"\n")
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
+    return digest.hexdigest()
+
+
+class FileCache:
+    """Reads each file once, by its path: safetensors headers and tensors, and digests.
+
+    For the runs of a sweep, which share files: a file's tensors are kept until
+    :meth:`release`; headers and digests for as long as the cache lives. Paths should be
+    resolved, so that one file has one key. Files must not change while the cache is in use.
+    """
+
+    def __init__(self) -> None:
+        self._headers: dict[Path, TensorFileHeader] = {}
+        self._tensors: dict[Path, dict[str, torch.Tensor]] = {}
+        self._digests: dict[Path, str] = {}
+
+    def header(self, path: Path, role: str) -> TensorFileHeader:
+        """:func:`read_header` of ``path``, read the first time only (``role`` may differ)."""
+        header = self._headers.get(path)
+        if header is None:
+            header = self._headers[path] = read_header(path, role)
+        return header if header.role == role else replace(header, role=role)
+
+    def tensors(self, header: TensorFileHeader) -> dict[str, torch.Tensor]:
+        """:func:`read_tensors` of the file, loaded the first time only.
+
+        The tensors are shared between callers; if one was modified in place (a user's function
+        may do that to its inputs), the file is read again.
+        """
+        tensors = self._tensors.get(header.path)
+        if tensors is None or any(t._version for t in tensors.values()):
+            tensors = self._tensors[header.path] = read_tensors(header)
+        return tensors
+
+    def sha256(self, path: Path) -> str:
+        """:func:`sha256_file` of ``path``, computed the first time only."""
+        digest = self._digests.get(path)
+        if digest is None:
+            digest = self._digests[path] = sha256_file(path)
+        return digest
+
+    def release(self, path: Path) -> None:
+        """Forget the tensors of ``path`` (no longer needed), freeing their memory."""
+        self._tensors.pop(path, None)
+
+
 def bind_inputs(
     inputs: TensorFileHeader,
     parameters: Sequence[str] | None,
@@ -339,13 +399,20 @@ def check_differentiable(header: TensorFileHeader, cast: str | None) -> None:
             )
 
 
-def check_tangents(inputs: TensorFileHeader, v: TensorFileHeader | None, cast: str | None) -> None:
+def check_tangents(
+    inputs: TensorFileHeader,
+    v: TensorFileHeader | None,
+    cast: str | None,
+    batched: bool = False,
+) -> None:
     """Check that ``v`` holds a tangent for each input: the same names, shapes and dtypes.
 
     Args:
         inputs: the header of the inputs file.
         v: the header of the v file, or ``None`` when ``v`` is omitted.
         cast: the dtype both are cast to, or ``None``.
+        batched: whether ``v`` holds K directions per input (``batched_v``): each tensor's
+            shape is then ``(K, *input shape)``, with one K (at least 1) for all of them.
 
     Raises:
         TensorFileError: ``v`` is omitted for anything but a single one-element input, or its
@@ -372,12 +439,31 @@ def check_tangents(inputs: TensorFileHeader, v: TensorFileHeader | None, cast: s
             + "; ".join(problems)
             + "."
         )
+    directions: tuple[str, int] | None = None
     for name, info in inputs.tensors.items():
         tangent = v.tensors[name]
-        if tangent.shape != info.shape:
+        if batched:
+            if tangent.shape[1:] != info.shape or tangent.shape[:1] in ((), (0,)):
+                raise TensorFileError(
+                    f"{v.shown}: tensor {name!r} has shape {format_shape(tangent.shape)}, but "
+                    f"with batched_v it must be (K, *{format_shape(info.shape)}): K >= 1 "
+                    f"directions of the input {name!r}, of shape {format_shape(info.shape)}."
+                )
+            if directions is None:
+                directions = (name, tangent.shape[0])
+            elif tangent.shape[0] != directions[1]:
+                raise TensorFileError(
+                    f"{v.shown}: tensor {name!r} holds {tangent.shape[0]} directions but "
+                    f"{directions[0]!r} holds {directions[1]}: with batched_v, every tensor of v "
+                    "holds the same number K of directions."
+                )
+        elif tangent.shape != info.shape:
+            hint = ""
+            if tangent.shape[1:] == info.shape:
+                hint = " If it holds one direction per row, set batched_v: true."
             raise TensorFileError(
                 f"{v.shown}: tensor {name!r} has shape {format_shape(tangent.shape)}, but "
-                f"the input {name!r} has shape {format_shape(info.shape)}."
+                f"the input {name!r} has shape {format_shape(info.shape)}.{hint}"
             )
         if cast is None and tangent.dtype != info.dtype:
             raise TensorFileError(

@@ -44,6 +44,8 @@ def main() -> None:
     # The examples of torch.autograd.functional.jvp's documentation.
     save("exp_reducer_inputs", {"x": uniform(0, 4, 4)})
     save("exp_reducer_v", {"x": torch.ones(4, 4)})
+    # Eight directions at once, for batched_v: true (configs/sweep.yaml).
+    save("exp_reducer_v_batched", {"x": normal(14, 8, 4, 4)})
     save("adder_inputs", {"x": uniform(1, 2), "y": uniform(2, 2)})
     save("adder_v", {"x": torch.ones(2), "y": torch.ones(2)})
 

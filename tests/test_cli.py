@@ -585,11 +585,12 @@ def test_json_summary_has_its_documented_keys(tmp_path: Path) -> None:
     (run,) = document["runs"]
     assert set(run) == {
         "name", "status", "function", "config", "inputs", "v", "output", "method",
-        "method_used", "fallbacks", "strict", "create_graph", "carried_graph", "dtype",
-        "device", "seconds", "total_seconds", "outputs",
+        "method_used", "fallbacks", "strict", "create_graph", "batched_v", "carried_graph",
+        "dtype", "device", "seconds", "total_seconds", "outputs", "error",
     }  # fmt: skip
+    assert run["error"] is None
     (output,) = run["outputs"]
-    assert set(output) == {"index", "shape", "dtype", "func_output", "jvp"}
+    assert set(output) == {"index", "shape", "jvp_shape", "dtype", "func_output", "jvp"}
     assert set(output["jvp"]) == {"name", "norm", "min", "max", "finite", "nan", "inf"}
     _, jvp = expected_jvp("adder", ["x", "y"])
     assert output["jvp"]["max"] == pytest.approx(jvp.max().item())
@@ -630,10 +631,10 @@ def test_schema_lists_every_config_key() -> None:
     result = invoke("schema")
     assert result.exit_code == 0
     schema = json.loads(result.stdout)
-    assert schema["required"] == ["function", "inputs", "output"]
+    assert schema["then"]["required"] == ["function", "inputs", "output"]
     assert set(schema["properties"]) == {
         "name", "function", "inputs", "v", "output", "order", "strict", "create_graph",
-        "method", "dtype", "device",
+        "method", "dtype", "device", "batched_v", "sweep", "runs",
     }  # fmt: skip
     assert schema["properties"]["method"]["enum"] == ["auto", "forward", "double-backward"]
 

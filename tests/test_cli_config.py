@@ -12,9 +12,11 @@ from jvpcli.config import (
     METHODS,
     ExportedFunction,
     ModelFunction,
+    Override,
     PlainFunction,
+    RunSpec,
     json_schema,
-    load_spec,
+    load_sweep,
     parse_assignment,
 )
 from jvpcli.errors import ConfigError
@@ -31,6 +33,16 @@ def write(folder: Path, text: str, name: str = "run.yaml") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(text))
     return path
+
+
+def load_spec(
+    config: Path | None, overrides: list[Override] | tuple[Override, ...] = ()
+) -> RunSpec:
+    """The one run of a config without sweep or runs."""
+    sweep = load_sweep(config, overrides)
+    assert not sweep.is_sweep
+    (spec,) = sweep.runs
+    return spec
 
 
 def error_of(config: Path | None, *overrides: tuple[str, object, str]) -> str:
@@ -268,6 +280,7 @@ def test_settings_are_json_and_name_every_input(tmp_path: Path) -> None:
         "method": "auto",
         "dtype": "float64",
         "device": "cpu",
+        "batched_v": False,
     }
 
 
