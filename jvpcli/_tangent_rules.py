@@ -12,7 +12,8 @@ math backend, pays both.
 - an operand that is a Python number goes to the op's Scalar overload, whose rule is lean;
 - when exactly one operand of a (bi)linear op (``mul``, ``matmul``, ``linear``, ``conv*``,
   ``addmm``, ...) carries a tangent, the rule computes the primal and that one tangent term;
-- ``scaled_dot_product_attention`` computes its probabilities once and the tangent from them.
+- ``scaled_dot_product_attention`` computes its probabilities once and the tangent from them;
+  ``layer_norm`` computes its statistics so that its tangent stays differentiable.
 
 Every other case (both operands dual, a dual weight, an unusual argument) goes to PyTorch's own
 rule unchanged. The rules are exact — the same terms PyTorch computes, minus the zeros — and
@@ -216,6 +217,45 @@ def _attention(level: int, func: Callable[..., Any], args: tuple, kwargs: dict) 
     return _dual(out, out_t, level)
 
 
+_LAYER_NORM_PARAMETERS = ("input", "normalized_shape", "weight", "bias", "eps")
+
+
+def _layer_norm(level: int, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+    """``layer_norm`` of a dual input with constant weight and bias.
+
+    With ``x̂ = (x - mean) rstd``: ``out_t = rstd (c - x̂ mean(x̂ c)) w``, ``c = x_t - mean(x_t)``.
+    The statistics come from ``var_mean``, not from the fused kernel, so that the tangent stays
+    differentiable in ``x`` (the fused kernel's mean and rstd are constants to autograd, which
+    makes second derivatives through PyTorch's own layer norm rules wrong). It also spares the
+    zero tangents of weight and bias that PyTorch's rule sends through the slow path.
+    """
+    options = dict(zip(_LAYER_NORM_PARAMETERS, args, strict=False)) | kwargs
+    if len(args) < 2 or set(options) - set(_LAYER_NORM_PARAMETERS):
+        return NotImplemented
+    x, x_t = _split(options["input"], level)
+    weight, weight_t = _split(options.get("weight"), level)
+    bias, bias_t = _split(options.get("bias"), level)
+    if (
+        x_t is None
+        or weight_t is not None
+        or bias_t is not None
+        or x.dtype not in (torch.float32, torch.float64)
+    ):
+        return NotImplemented
+    dims = tuple(range(-len(options["normalized_shape"]), 0))
+    variance, mean = torch.var_mean(x, dims, correction=0, keepdim=True)
+    rstd = torch.rsqrt(variance + options.get("eps", 1e-5))
+    normalized = (x - mean) * rstd
+    centered_t = x_t - x_t.mean(dims, keepdim=True)
+    tangent = (centered_t - normalized * (normalized * centered_t).mean(dims, keepdim=True)) * rstd
+    out = normalized
+    if weight is not None:
+        out, tangent = out * weight, tangent * weight
+    if bias is not None:
+        out = out + bias
+    return _dual(out, tangent, level)
+
+
 def _build_rules() -> dict[Callable[..., Any], Rule]:
     rules: dict[Callable[..., Any], Rule] = {}
     for funcs, rule in [
@@ -237,6 +277,7 @@ def _build_rules() -> dict[Callable[..., Any], Rule]:
         ([F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d], _linear),
         ([torch.addmm, Tensor.addmm, torch.baddbmm, Tensor.baddbmm], _add_matmul),
         ([F.scaled_dot_product_attention], _attention),
+        ([F.layer_norm], _layer_norm),
     ]:
         for func in funcs:
             rules[func] = rule

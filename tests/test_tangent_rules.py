@@ -75,6 +75,11 @@ CASES = [
     ("conv3d", lambda x: F.conv3d(x, K2[..., None], padding=(1, 0, 0)), [(1, 2, 3, 2, 2)]),
     ("conv-transpose2d", lambda x: F.conv_transpose2d(x, KT, None, 2, 1, 1), [(1, 2, 3, 3)]),
     ("conv-transpose1d", lambda x: F.conv_transpose1d(x, KT[:, :, 0]), [(1, 2, 4)]),
+    ("layer-norm", lambda x: F.layer_norm(x, (4,)), [(3, 4)]),
+    ("layer-norm-affine", lambda x: F.layer_norm(x, (4,), W[0], B[:4], 1e-3), [(2, 3, 4)]),
+    ("layer-norm-two-dims", lambda x: F.layer_norm(x, (3, 4), weight=C), [(2, 3, 4)]),
+    ("layer-norm-dual-weight", lambda x, w: F.layer_norm(x, (4,), w), [(3, 4), (4,)]),
+    ("module-layer-norm", torch.nn.LayerNorm(4).double(), [(3, 4)]),
     ("module-linear", torch.nn.Linear(4, 5).double(), [(3, 4)]),
     ("module-conv", torch.nn.Conv2d(2, 3, 2, padding=1).double(), [(1, 2, 3, 3)]),
     ("chain", lambda x: ((x * 2 - 1) @ W.T + B).tanh() / 3 + 0.1, [(3, 4)]),
@@ -93,7 +98,24 @@ def test_rule_matches_torch(func, shapes):
     torch.testing.assert_close(got, expected)
 
 
-@pytest.mark.parametrize(("func", "shapes"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+PYTORCH_NORM_SECOND_DERIVATIVE = pytest.mark.xfail(
+    strict=True,
+    reason="a dual weight goes to PyTorch's own layer norm rule, whose second derivatives treat "
+    "mean and rstd as constants (torch.autograd.functional.jvp is wrong here too)",
+)
+
+
+@pytest.mark.parametrize(
+    ("func", "shapes"),
+    [
+        pytest.param(
+            *c[1:],
+            id=c[0],
+            marks=[PYTORCH_NORM_SECOND_DERIVATIVE] if c[0] == "layer-norm-dual-weight" else [],
+        )
+        for c in CASES
+    ],
+)
 def test_rule_is_differentiable_with_create_graph(func, shapes):
     n = len(shapes)
 
