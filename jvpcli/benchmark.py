@@ -47,14 +47,19 @@ def candidates(
     inputs: tuple[Tensor, ...],
     v: tuple[Tensor, ...],
     *,
-    methods: tuple[str, ...] = ("auto", "forward", "double-backward"),
+    methods: tuple[str, ...] = engine.METHODS,
     peers: bool = True,
+    create_graph: bool = False,
+    strict: bool = False,
+    batched_v: bool = False,
 ) -> dict[str, Callable[[], object]]:
-    """The calls to compare on ``func`` at ``inputs`` along ``v``.
+    """The calls to compare on ``func`` at ``inputs`` along ``v``, with the given flags.
 
     Returns:
         name → zero-argument callable: the plain forward pass, ``jvpcli <method>`` for each of
-        ``methods``, and (if ``peers``) PyTorch's two jvp APIs.
+        ``methods``, and (if ``peers``) those of PyTorch's two jvp APIs that take the flags:
+        ``torch.autograd.functional.jvp`` unless ``batched_v``, ``torch.func.jvp`` only
+        without any flag.
     """
 
     def forward_pass() -> object:
@@ -63,19 +68,30 @@ def candidates(
 
     calls: dict[str, Callable[[], object]] = {FORWARD: forward_pass}
     for method in methods:
-        calls[f"jvpcli {method}"] = _jvpcli_call(func, inputs, v, method)
-    if peers:
-        calls["torch.autograd.functional.jvp"] = lambda: torch.autograd.functional.jvp(
-            func, inputs, v
+        calls[f"jvpcli {method}"] = _jvpcli_call(
+            func, inputs, v, method, create_graph, strict, batched_v
         )
-        calls["torch.func.jvp"] = lambda: torch.func.jvp(func, inputs, v)
+    if peers and not batched_v:
+        calls["torch.autograd.functional.jvp"] = lambda: torch.autograd.functional.jvp(
+            func, inputs, v, create_graph=create_graph, strict=strict
+        )
+        if not (create_graph or strict):
+            calls["torch.func.jvp"] = lambda: torch.func.jvp(func, inputs, v)
     return calls
 
 
 def _jvpcli_call(
-    func: Callable[..., object], inputs: tuple[Tensor, ...], v: tuple[Tensor, ...], method: str
+    func: Callable[..., object],
+    inputs: tuple[Tensor, ...],
+    v: tuple[Tensor, ...],
+    method: str,
+    create_graph: bool,
+    strict: bool,
+    batched_v: bool,
 ) -> Callable[[], object]:
-    return lambda: engine.jvp(func, inputs, v, method=method)
+    return lambda: engine.jvp(
+        func, inputs, v, create_graph, strict, method=method, batched_v=batched_v
+    )
 
 
 def compare(
