@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import json
 import platform
+import time
 import traceback
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from types import TracebackType
@@ -32,7 +34,8 @@ from jvpcli.config import (
     load_sweep,
     parse_assignment,
 )
-from jvpcli.errors import Interrupted, JvpcliError, RunsFailed
+from jvpcli.errors import ConfigError, Interrupted, JvpcliError, RunsFailed, display_path
+from jvpcli.junit import junit_document, write_junit
 from jvpcli.report import (
     check_json,
     check_view,
@@ -182,6 +185,22 @@ def compute(
             "jobs with K = 1..N cover a sweep exactly once.",
         ),
     ] = None,
+    update_golden: Annotated[
+        bool,
+        typer.Option(
+            "--update-golden",
+            help="Write each run's results to its expect file (when its other checks pass) "
+            "instead of comparing them with it.",
+        ),
+    ] = False,
+    junit_xml: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="PATH",
+            help="Also write a JUnit XML report: one test case per run, a failure per failed "
+            "run or check (written even when runs fail).",
+        ),
+    ] = None,
     json_: JsonOption = False,
     quiet: QuietOption = False,
     debug: DebugOption = False,
@@ -190,9 +209,11 @@ def compute(
 
     Options override the config's keys (in every run of a sweep); without a config they describe
     the whole run. A sweep shows its progress on stderr, runs on past a failed run (exit 1 at the
-    end) and ends with a table of every run.
+    end) and ends with a table of every run. Results are checked as the config asks (expect,
+    check, fail_on_nonfinite): a run whose results fail a check fails (exit 1).
     """
     stdout, stderr = _consoles()
+    record = _Record(config, shard, update_golden)
     named: dict[str, Any] = {
         "function": function,
         "inputs": inputs,
@@ -206,37 +227,114 @@ def compute(
     }
     payload: dict[str, Any] = {"runs": []}
     with _reporting(stdout, stderr, json_, debug, payload):
-        overrides = _overrides(set_)
-        for key, value in named.items():
-            if value is not None:
-                plain = str(value) if isinstance(value, Path) else value
-                overrides.append((key, plain, "--" + key.replace("_", "-")))
-        selection = None if shard is None else Shard.parse(shard)
-        sweep = load_sweep(config, overrides)
-        runs = sweep.runs if selection is None else selection.select(sweep.runs)
-        from jvpcli.runner import Session
+        if junit_xml is not None and junit_xml.is_dir():
+            raise ConfigError(f"--junit-xml {display_path(junit_xml)} is a folder; name a file.")
+        with _junit_report(junit_xml, record, stderr):
+            overrides = _overrides(set_)
+            for key, value in named.items():
+                if value is not None:
+                    plain = str(value) if isinstance(value, Path) else value
+                    overrides.append((key, plain, "--" + key.replace("_", "-")))
+            selection = None if shard is None else Shard.parse(shard)
+            sweep = load_sweep(config, overrides)
+            if update_golden and not any(spec.expect is not None for spec in sweep.runs):
+                raise ConfigError(
+                    "--update-golden: no run sets expect, so there is no golden to write; add "
+                    "e.g. expect: goldens/{name}.safetensors to the config."
+                )
+            runs = sweep.runs if selection is None else selection.select(sweep.runs)
+            from jvpcli.runner import Session
 
-        session = Session()
-        checked = session.check_all(runs, name_runs=sweep.is_sweep)
-        if sweep.is_sweep or not checked:
-            _compute_sweep(
-                session,
-                checked,
-                (stdout, stderr),
-                payload,
-                resume=resume,
-                fail_fast=fail_fast,
-                json_output=json_,
-                quiet=quiet,
-            )
-            return
-        (outcome,) = session.run(checked, resume=resume, fail_fast=True)
-        if outcome.status == "failed":
-            raise outcome.error
-        if json_:
-            _print_json(stdout, document(runs=[run_json(outcome)]))
-        elif not quiet:
-            stdout.print(run_view(outcome))
+            session = Session(update_golden=update_golden)
+            checked = session.check_all(runs, name_runs=sweep.is_sweep)
+            record.runs = [run.spec for run in checked]
+            if sweep.is_sweep or not checked:
+                _compute_sweep(
+                    session,
+                    checked,
+                    (stdout, stderr),
+                    payload,
+                    record.outcomes,
+                    resume=resume,
+                    fail_fast=fail_fast,
+                    json_output=json_,
+                    quiet=quiet,
+                )
+                return
+            (outcome,) = session.run(checked, resume=resume, fail_fast=True)
+            record.outcomes.append(outcome)
+            if outcome.status == "failed":
+                if outcome.result is not None:
+                    # The run computed, and its results failed a check: show them.
+                    payload["runs"] = sweep_json(record.runs, [outcome])
+                    if not json_:
+                        stdout.print(run_view(outcome.result))
+                raise outcome.error
+            if json_:
+                _print_json(stdout, document(runs=[run_json(outcome)]))
+            elif not quiet:
+                stdout.print(run_view(outcome))
+
+
+@dataclass
+class _Record:
+    """What a ``compute`` command ran, for its JUnit report: filled as it goes."""
+
+    config: Path | None
+    shard: str | None
+    update_golden: bool
+    runs: list[RunSpec] = field(default_factory=list)
+    outcomes: list[RunResult | RunFailure] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+
+@contextlib.contextmanager
+def _junit_report(path: Path | None, record: _Record, stderr: Console) -> Iterator[None]:
+    """Write the JUnit report of what ``record`` holds when the block ends, however it ends
+    (errors and Ctrl-C propagate after it is written).
+
+    Raises:
+        ConfigError: the report cannot be written, when the block succeeded (when it failed,
+            that is said on stderr, and its own error propagates).
+    """
+    if path is None:
+        yield
+        return
+    try:
+        yield
+    except BaseException as caught:
+        error = caught if isinstance(caught, JvpcliError) else None
+        if isinstance(caught, KeyboardInterrupt):
+            error = Interrupted("interrupted (Ctrl-C).")
+        elif error is None:
+            error = JvpcliError(f"{type(caught).__name__}: {caught}")
+        try:
+            _write_junit(path, record, error)
+        except ConfigError as failure:
+            stderr.print(Text.assemble(("error: ", "bold red"), str(failure)), soft_wrap=True)
+        raise
+    _write_junit(path, record, None)
+
+
+def _write_junit(path: Path, record: _Record, error: JvpcliError | None) -> None:
+    properties = {"jvpcli.version": __version__, "update_golden": json.dumps(record.update_golden)}
+    if record.config is not None:
+        properties["config"] = display_path(record.config)
+    if record.shard is not None:
+        properties["shard"] = record.shard
+    report = junit_document(
+        "jvpcli" if record.config is None else record.config.stem,
+        record.runs,
+        record.outcomes,
+        error=error,
+        seconds=time.perf_counter() - record.started,
+        properties=properties,
+    )
+    try:
+        write_junit(path, report)
+    except OSError as failure:
+        reason = failure.strerror or failure
+        raise ConfigError(f"cannot write --junit-xml {display_path(path)}: {reason}.") from None
 
 
 def _compute_sweep(
@@ -244,14 +342,16 @@ def _compute_sweep(
     checked: Sequence[CheckedRun],
     consoles: tuple[Console, Console],
     payload: dict[str, Any],
+    outcomes: list[RunResult | RunFailure],
     *,
     resume: bool,
     fail_fast: bool,
     json_output: bool,
     quiet: bool,
 ) -> None:
-    """Run the checked runs of a sweep, its progress on stderr; fill ``payload["runs"]`` with
-    every run; print the JSON document, or the summary table (unless quiet and all went well).
+    """Run the checked runs of a sweep, its progress on stderr, appending each outcome to
+    ``outcomes`` as it finishes; fill ``payload["runs"]`` with every run; print the JSON
+    document, or the summary table (unless quiet and all went well).
 
     Raises:
         Interrupted: Ctrl-C, after the summary of what finished.
@@ -259,7 +359,6 @@ def _compute_sweep(
     """
     stdout, stderr = consoles
     runs = [run.spec for run in checked]
-    outcomes: list[RunResult | RunFailure] = []
     interrupted = False
     try:
         with _SweepProgress(stderr, runs, quiet) as progress:

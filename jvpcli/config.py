@@ -19,6 +19,7 @@ import difflib
 import hashlib
 import itertools
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ import yaml
 from jvpcli.errors import ConfigError, display_path
 
 __all__ = [
+    "CHECKS",
     "DTYPES",
     "METHODS",
     "ConfigDocument",
@@ -42,6 +44,7 @@ __all__ = [
     "RunSpec",
     "Shard",
     "Sweep",
+    "Tolerance",
     "build_spec",
     "build_sweep",
     "json_schema",
@@ -56,6 +59,17 @@ checking a config does not import torch (a test keeps the two equal)."""
 
 DTYPES: tuple[str, ...] = ("float16", "bfloat16", "float32", "float64")
 """The values ``dtype`` accepts: the floating-point dtypes inputs and ``v`` can be cast to."""
+
+CHECKS: tuple[str, ...] = ("none", "finite-differences")
+"""The values ``check`` accepts: no check, or each JVP against central finite differences."""
+
+TOLERANCE_KEYS = re.compile(r"(func_output|jvp)(\.\d+)?")
+"""The names ``tolerances`` accepts: a tensor of the output file (``jvp.1``), or every tensor of a
+kind (``jvp``: ``jvp``, ``jvp.0``, ``jvp.1``, ...)."""
+
+_MAX_SEED = 2**64 - 1  # torch.manual_seed's largest seed
+_MAX_DEPTH = 64  # how deeply a config's mappings and lists may nest
+_MAX_VALUES = 100_000  # how many values a config may hold, aliases expanded
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _IDENTIFIERS = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
@@ -130,6 +144,20 @@ FunctionSpec = PlainFunction | ModelFunction | ExportedFunction
 
 
 @dataclass(frozen=True)
+class Tolerance:
+    """Bounds for comparing a tensor with its golden: ``|result - golden| <= atol + rtol *
+    |golden|`` element-wise.
+
+    Attributes:
+        rtol, atol: the bounds; ``None`` where not set (a wider setting applies, and last the
+            defaults of the tensor's dtype).
+    """
+
+    rtol: float | None = None
+    atol: float | None = None
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """One run, validated, with every path absolute.
 
@@ -146,6 +174,19 @@ class RunSpec:
         dtype: a floating-point dtype name to cast inputs and ``v`` to, or ``None`` to keep theirs.
         device: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``.
         config: the config file the run came from (``None`` for a config-free command line).
+        expect: a safetensors file of reference results (a golden) to compare the results with,
+            or to write with ``--update-golden``; ``None`` for no comparison.
+        rtol, atol: the golden comparison's bounds for every tensor (``None``: not set).
+        tolerances: bounds per tensor name (``jvp.1``) or kind (``jvp``), over ``rtol``/``atol``.
+        check: ``"finite-differences"`` to check each JVP against central differences of the
+            function in float64, or ``"none"``.
+        fd_step: the finite-difference step h (x ± h·v), or ``None`` to choose it.
+        fd_rtol: the finite-difference check's relative tolerance, or ``None`` for the run
+            dtype's default.
+        fail_on_nonfinite: fail the run when a result holds NaN or infinite values.
+        seed: seed torch's random number generators with this before building the function and
+            before computing, or ``None`` not to.
+        deterministic: compute with ``torch.use_deterministic_algorithms(True)``.
     """
 
     name: str
@@ -161,11 +202,23 @@ class RunSpec:
     device: str = "cpu"
     batched_v: bool = False
     config: Path | None = None
+    expect: Path | None = None
+    rtol: float | None = None
+    atol: float | None = None
+    tolerances: Mapping[str, Tolerance] = field(default_factory=dict)
+    check: str = "none"
+    fd_step: float | None = None
+    fd_rtol: float | None = None
+    fail_on_nonfinite: bool = False
+    seed: int | None = None
+    deterministic: bool = False
 
     def settings(self) -> dict[str, Any]:
         """Everything that determines the run's result, as JSON-ready values (paths absolute).
 
-        Recorded in the output's metadata, so a result says exactly how it was produced.
+        Recorded in the output's metadata, so a result says exactly how it was produced. The
+        verification keys (``expect``, tolerances, ``check``, ...) are left out: they judge a
+        result, and do not change it.
         """
         function: dict[str, Any]
         if isinstance(self.function, ExportedFunction):
@@ -189,12 +242,29 @@ class RunSpec:
             "dtype": self.dtype,
             "device": self.device,
             "batched_v": self.batched_v,
+            "seed": self.seed,
+            "deterministic": self.deterministic,
         }
+
+    def tolerance(self, key: str) -> Tolerance:
+        """The golden comparison's bounds for the output file's tensor ``key`` (e.g. ``jvp.1``):
+        each bound from ``tolerances[key]``, else ``tolerances`` of its kind (``jvp``), else
+        ``rtol`` / ``atol``; ``None`` where none of them sets it."""
+        kind = key.split(".")[0]
+        candidates = (
+            self.tolerances.get(key, Tolerance()),
+            self.tolerances.get(kind, Tolerance()),
+            Tolerance(self.rtol, self.atol),
+        )
+        return Tolerance(
+            next((c.rtol for c in candidates if c.rtol is not None), None),
+            next((c.atol for c in candidates if c.atol is not None), None),
+        )
 
     def read_files(self) -> dict[str, Path]:
         """The files the run reads, by the key that names them (``inputs``, ``v``, ``function``
-        for a ``.py`` file, ``function.weights``, ``function.exported``)."""
-        files = {"inputs": self.inputs, "v": self.v}
+        for a ``.py`` file, ``function.weights``, ``function.exported``, ``expect``)."""
+        files = {"inputs": self.inputs, "v": self.v, "expect": self.expect}
         if isinstance(self.function, ExportedFunction):
             files["function.exported"] = self.function.archive
         else:
@@ -264,11 +334,14 @@ class Shard:
 
 @dataclass(frozen=True)
 class _Key:
-    kind: str  # "string" | "path" | "boolean" | "choice" | "names" | "device" | "function"
+    # "string" | "path" | "boolean" | "choice" | "names" | "device" | "function" | "number"
+    # | "integer" | "tolerances"
+    kind: str
     description: str
     required: bool = False
     default: Any = None
     choices: tuple[str, ...] = ()
+    positive: bool = False  # a number that must be above 0, not just at least 0
 
 
 _KEYS: dict[str, _Key] = {
@@ -323,6 +396,59 @@ _KEYS: dict[str, _Key] = {
         "boolean",
         "Treat the first dimension of every v tensor as K directions: v has the shape "
         "(K, *input shape), the same K for every tensor, and jvp gets that leading dimension.",
+        default=False,
+    ),
+    "expect": _Key(
+        "path",
+        "Safetensors file of reference results (a golden): func_output and jvp must match it "
+        "within rtol/atol, or the run fails. --update-golden writes it instead. Like output, it "
+        "may contain {name} and {KEY}.",
+    ),
+    "rtol": _Key(
+        "number",
+        "Relative tolerance of the golden comparison, for every tensor: |result - golden| <= "
+        "atol + rtol * |golden|. Default: torch.testing.assert_close's for the tensor's dtype.",
+    ),
+    "atol": _Key("number", "Absolute tolerance of the golden comparison, for every tensor."),
+    "tolerances": _Key(
+        "tolerances",
+        "rtol and atol per tensor name (jvp.1) or kind (jvp: every jvp tensor), over rtol and "
+        "atol, e.g. {jvp: {rtol: 1.0e-4}, func_output.1: {atol: 1.0e-6}}.",
+    ),
+    "check": _Key(
+        "choice",
+        "finite-differences: check each JVP against central differences of the function "
+        "along v, computed in float64; none: no check.",
+        default="none",
+        choices=CHECKS,
+    ),
+    "fd_step": _Key(
+        "number",
+        "The finite-difference step h: the function is evaluated at x + h*v and x - h*v. "
+        "Default: cbrt(float64 eps) * max(1, max |x|) / max |v|.",
+        positive=True,
+    ),
+    "fd_rtol": _Key(
+        "number",
+        "The finite-difference check's tolerance, relative to the largest |J*v| of each output. "
+        "Default: the square root of the run dtype's eps (3.5e-4 for float32).",
+        positive=True,
+    ),
+    "fail_on_nonfinite": _Key(
+        "boolean",
+        "Fail the run when func_output or jvp holds NaN or infinite values (otherwise they are "
+        "flagged as warnings).",
+        default=False,
+    ),
+    "seed": _Key(
+        "integer",
+        "Seed torch's random number generators (torch.manual_seed) before building the function "
+        "and before each evaluation. Recorded in the output's metadata.",
+    ),
+    "deterministic": _Key(
+        "boolean",
+        "Compute with torch.use_deterministic_algorithms(True) (restored afterwards). Recorded in "
+        "the output's metadata.",
         default=False,
     ),
 }
@@ -469,7 +595,8 @@ def read_config(path: Path) -> ConfigDocument:
 
     Raises:
         ConfigError: the file cannot be read, is not valid YAML (line and column given), is empty,
-            is not a mapping, or repeats a key.
+            is not a mapping, repeats a key, nests more than 64 deep, or holds more than 100,000
+            values (YAML aliases expanded).
     """
     shown = display_path(path)
     try:
@@ -478,20 +605,36 @@ def read_config(path: Path) -> ConfigDocument:
         raise ConfigError(f"config file {shown} does not exist.") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"cannot read config file {shown}: {error}.") from None
-    loader = yaml.SafeLoader(text)
+    loader: yaml.SafeLoader | None = None
     try:
+        loader = yaml.SafeLoader(text)
         node = loader.get_single_node()
+        if node is not None:
+            _check_size(node, shown)
         data = None if node is None else loader.construct_document(node)
+    except RecursionError:
+        raise ConfigError(
+            f"{shown}: invalid YAML: its lists and mappings nest too deeply (at most "
+            f"{_MAX_DEPTH} levels)."
+        ) from None
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = shown if mark is None else f"{shown}:{mark.line + 1}:{mark.column + 1}"
         problem = error.problem or error.context or "unreadable"
         context = f" ({error.context})" if error.context and error.problem else ""
         raise ConfigError(f"{where}: invalid YAML: {problem}{context}.") from None
-    except yaml.YAMLError as error:
+    except yaml.reader.ReaderError as error:
+        character = error.character if isinstance(error.character, int) else 0
+        raise ConfigError(
+            f"{shown}: invalid YAML: character U+{character:04X} (character {error.position + 1} "
+            "of the file) may not appear in YAML."
+        ) from None
+    except (yaml.YAMLError, ValueError) as error:
+        # ValueError: a value YAML reads but Python cannot hold, e.g. a 5000-digit integer.
         raise ConfigError(f"{shown}: invalid YAML: {error}.") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if data is None:
         raise ConfigError(
             f"config file {shown} is empty: it needs at least function, inputs and output."
@@ -503,6 +646,32 @@ def read_config(path: Path) -> ConfigDocument:
     document = ConfigDocument(data, shown, path.resolve().parent, config=path.resolve())
     _record_positions(node, (), shown, document.positions)
     return document
+
+
+def _check_size(root: yaml.Node, shown: str) -> None:
+    """Refuse a document nested more than ``_MAX_DEPTH`` deep, or holding more than
+    ``_MAX_VALUES`` values once aliases are expanded: walking it would exhaust the stack, or take
+    exponential time (a "billion laughs" of nested aliases). Walks without recursion."""
+    stack: list[tuple[yaml.Node, int]] = [(root, 1)]
+    count = 0
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > _MAX_VALUES:
+            raise ConfigError(
+                f"{shown}: the config is too large: it holds more than {_MAX_VALUES:,} values "
+                "(YAML aliases expanded)."
+            )
+        if depth > _MAX_DEPTH:
+            mark = node.start_mark
+            raise ConfigError(
+                f"{shown}:{mark.line + 1}:{mark.column + 1}: lists and mappings nest more than "
+                f"{_MAX_DEPTH} levels deep."
+            )
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((item, depth + 1) for item in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend((part, depth + 1) for pair in node.value for part in pair)
 
 
 def _record_positions(
@@ -590,7 +759,7 @@ def build_sweep(document: ConfigDocument, overrides: Sequence[Override] = ()) ->
     entry's ``name``, or else by the top-level ``name`` and the labels of its entry's values,
     followed by the labels of its swept values (see :func:`_label`), joined by ``-``. ``{name}``
     and ``{KEY}`` in ``output`` are then replaced by the run's name and the label of its value
-    of KEY; ``{{`` and ``}}`` stand for braces.
+    of KEY, and so are they in ``expect``; ``{{`` and ``}}`` stand for braces.
 
     Args:
         document: the config.
@@ -602,7 +771,8 @@ def build_sweep(document: ConfigDocument, overrides: Sequence[Override] = ()) ->
     Raises:
         ConfigError: whatever :func:`build_spec` raises for a run; ``sweep`` or ``runs``
             malformed; a key both swept and set elsewhere; an unknown ``{placeholder}`` in
-            ``output``; two runs with one name or one output; an output that another run reads.
+            ``output`` or ``expect``; two runs with one name or one output; an output that
+            another run reads (as inputs, v, function files or golden).
     """
     data = document.data
     _reject_unknown(data, (*_KEYS, *_SWEEP_KEYS), (), document)
@@ -639,7 +809,7 @@ def build_sweep(document: ConfigDocument, overrides: Sequence[Override] = ()) ->
                 run_document = document.derive(run_data, sources, name)
             for key, value, source in overrides:
                 run_document.override(key, value, source)
-            _fill_output(run_document, labels)
+            _fill_templates(run_document, labels)
             built.append((build_spec(run_document), run_document, where))
     _reject_clashes(built)
     return Sweep(tuple(spec for spec, _, _ in built), is_sweep)
@@ -770,15 +940,22 @@ def _distinct_labels(key: str, values: Sequence[Any]) -> list[str]:
 
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
-_PLACEHOLDER_KEYS = ("name", *(key for key in _KEYS if key != "output"))
+_TEMPLATED_KEYS = ("output", "expect")
+_PLACEHOLDER_KEYS = ("name", *(key for key in _KEYS if key not in _TEMPLATED_KEYS))
 
 
-def _fill_output(document: ConfigDocument, labels: Mapping[str, str]) -> None:
-    """Replace ``{name}`` and ``{KEY}`` in the run's ``output`` (``labels``: of swept keys)."""
-    output = document.data.get("output")
-    if not isinstance(output, str) or ("{" not in output and "}" not in output):
+def _fill_templates(document: ConfigDocument, labels: Mapping[str, str]) -> None:
+    """Replace ``{name}`` and ``{KEY}`` in the run's ``output`` and ``expect`` (``labels``: of
+    swept keys)."""
+    for templated in _TEMPLATED_KEYS:
+        _fill_template(document, templated, labels)
+
+
+def _fill_template(document: ConfigDocument, templated: str, labels: Mapping[str, str]) -> None:
+    text = document.data.get(templated)
+    if not isinstance(text, str) or ("{" not in text and "}" not in text):
         return
-    where = document.locate(("output",))
+    where = document.locate((templated,))
 
     def fill(match: re.Match[str]) -> str:
         if match[1] is None:
@@ -786,7 +963,7 @@ def _fill_output(document: ConfigDocument, labels: Mapping[str, str]) -> None:
         key = match[1]
         if key not in _PLACEHOLDER_KEYS:
             raise ConfigError(
-                f"{where}: 'output' uses {{{key}}}, which names no run key."
+                f"{where}: {templated!r} uses {{{key}}}, which names no run key."
                 + _did_you_mean(key, _PLACEHOLDER_KEYS)
                 + " Write {name} or a key such as {method}; {{ and }} stand for braces."
             )
@@ -797,18 +974,27 @@ def _fill_output(document: ConfigDocument, labels: Mapping[str, str]) -> None:
             return document.config.stem
         if value is None:
             raise ConfigError(
-                f"{where}: 'output' uses {{{key}}}, but {document.origin} does not set {key!r}."
+                f"{where}: {templated!r} uses {{{key}}}, but {document.origin} does not set "
+                f"{key!r}."
             )
         return value if key == "name" and isinstance(value, str) else _label(key, value)
 
-    document.data["output"] = _PLACEHOLDER.sub(fill, output)
+    document.data[templated] = _PLACEHOLDER.sub(fill, text)
 
 
 def _reject_clashes(built: Sequence[tuple[RunSpec, ConfigDocument, str]]) -> None:
-    """Two runs may not share a name or an output, nor write a file another run reads."""
+    """Two runs may not share a name or an output, nor write a file another run reads; a golden
+    (which ``--update-golden`` writes) may not be a file a run reads otherwise (runs may share a
+    golden)."""
     names: dict[str, str] = {}
     outputs: dict[Path, RunSpec] = {}
     reads = {path: (spec, role) for spec, _, _ in built for role, path in spec.read_files().items()}
+    inputs = {
+        path: (spec, role)
+        for spec, _, _ in built
+        for role, path in spec.read_files().items()
+        if role != "expect"
+    }
     for spec, document, where in built:
         if spec.name in names:
             raise ConfigError(
@@ -830,6 +1016,13 @@ def _reject_clashes(built: Sequence[tuple[RunSpec, ConfigDocument, str]]) -> Non
             raise ConfigError(
                 f"{output}: run {spec.name!r} writes {display_path(spec.output)}, which run "
                 f"{reader.name!r} reads as {role!r}; writing it would destroy an input."
+            )
+        if spec.expect in inputs:
+            reader, role = inputs[spec.expect]
+            raise ConfigError(
+                f"{document.locate(('expect',))}: run {spec.name!r} compares with the golden "
+                f"{display_path(spec.expect)}, which run {reader.name!r} reads as {role!r}; "
+                "--update-golden would destroy an input."
             )
 
 
@@ -860,21 +1053,10 @@ def build_spec(document: ConfigDocument) -> RunSpec:
     values = {key: _validate(key, data.get(key), document) for key in _KEYS}
     if values["name"] is None:
         values["name"] = (document.config or values["output"]).stem
-    spec = RunSpec(
-        name=values["name"],
-        function=values["function"],
-        inputs=values["inputs"],
-        output=values["output"],
-        v=values["v"],
-        order=values["order"],
-        strict=values["strict"],
-        create_graph=values["create_graph"],
-        method=values["method"],
-        dtype=values["dtype"],
-        device=values["device"],
-        batched_v=values["batched_v"],
-        config=document.config,
-    )
+    if values["tolerances"] is None:
+        values["tolerances"] = {}
+    # The keys are RunSpec's fields.
+    spec = RunSpec(**values, config=document.config)
     _reject_overwriting_inputs(spec, document)
     return spec
 
@@ -886,6 +1068,17 @@ def _validate(key: str, value: Any, document: ConfigDocument) -> Any:
     where = document.locate((key,))
     if spec.kind == "function":
         return _validate_function(value, document)
+    if spec.kind == "number":
+        return _validate_number(key, value, where, positive=spec.positive)
+    if spec.kind == "integer":
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_SEED:
+            raise ConfigError(
+                f"{where}: {key!r} must be a whole number from 0 to 2**64 - 1, not "
+                f"{_describe(value)}."
+            )
+        return value
+    if spec.kind == "tolerances":
+        return _validate_tolerances(value, document)
     if spec.kind == "boolean":
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: {key!r} must be true or false, not {_describe(value)}.")
@@ -917,6 +1110,61 @@ def _validate(key: str, value: Any, document: ConfigDocument) -> Any:
             )
         return text
     return text
+
+
+_NUMBER = re.compile(r"\+?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _validate_number(key: str, value: Any, where: str, *, positive: bool) -> float:
+    """A finite number at least 0 (above 0 if ``positive``). Strings that read as numbers are
+    numbers: YAML 1.1 reads ``1e-5`` (no dot) as a string."""
+    number: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value) if abs(value) < 1e308 else None
+    elif isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        number = float(value)
+    bound = "above 0" if positive else "at least 0"
+    if number is None or not math.isfinite(number) or number < 0 or (positive and number == 0):
+        raise ConfigError(
+            f"{where}: {key!r} must be a number {bound}, e.g. 1.0e-5; got {_describe(value)}."
+        )
+    return number
+
+
+def _validate_tolerances(value: Any, document: ConfigDocument) -> dict[str, Tolerance]:
+    where = document.locate(("tolerances",))
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{where}: 'tolerances' must be a mapping of tensor names to {{rtol, atol}}, e.g. "
+            f"{{jvp: {{rtol: 1.0e-4}}}}; got {_describe(value)}."
+        )
+    tolerances: dict[str, Tolerance] = {}
+    for name, bounds in value.items():
+        path = ("tolerances", str(name))
+        here = document.locate(path)
+        if not isinstance(name, str) or not TOLERANCE_KEYS.fullmatch(name):
+            raise ConfigError(
+                f"{here}: 'tolerances' names {_describe(name)}, which is not a tensor of the "
+                "output file: write func_output or jvp (every tensor of that kind), or one "
+                "tensor such as jvp.1."
+            )
+        if not isinstance(bounds, dict) or not bounds:
+            raise ConfigError(
+                f"{here}: 'tolerances.{name}' must be a mapping with rtol and/or atol, e.g. "
+                f"{{rtol: 1.0e-4}}; got {_describe(bounds)}."
+            )
+        _reject_unknown(bounds, ("rtol", "atol"), path, document)
+        numbers = {
+            bound: _validate_number(
+                f"tolerances.{name}.{bound}",
+                number,
+                document.locate((*path, bound)),
+                positive=False,
+            )
+            for bound, number in bounds.items()
+        }
+        tolerances[name] = Tolerance(numbers.get("rtol"), numbers.get("atol"))
+    return tolerances
 
 
 def _validate_function(value: Any, document: ConfigDocument) -> FunctionSpec:
@@ -1081,13 +1329,36 @@ def json_schema() -> dict[str, Any]:
             },
         ],
     }
+    number = {
+        "anyOf": [
+            {"type": "number", "minimum": 0},
+            # YAML 1.1 (PyYAML) reads 1e-5, without a dot, as a string: it is accepted too.
+            {"type": "string", "pattern": f"^\\s*{_NUMBER.pattern}\\s*$"},
+        ]
+    }
+    tolerances_schema = {
+        "type": "object",
+        "propertyNames": {"pattern": f"^{TOLERANCE_KEYS.pattern}$"},
+        "additionalProperties": {
+            "type": "object",
+            "additionalProperties": False,
+            "minProperties": 1,
+            "properties": {"rtol": number, "atol": number},
+        },
+    }
     properties: dict[str, Any] = {}
     for key, spec in _KEYS.items():
         if spec.kind == "function":
             properties[key] = function_schema
             continue
         schema: dict[str, Any] = {"description": spec.description}
-        if spec.kind == "boolean":
+        if spec.kind == "number":
+            schema.update(number)
+        elif spec.kind == "integer":
+            schema.update(type="integer", minimum=0, maximum=_MAX_SEED)
+        elif spec.kind == "tolerances":
+            schema.update(tolerances_schema)
+        elif spec.kind == "boolean":
             schema["type"] = "boolean"
         elif spec.kind == "names":
             schema.update(type="array", items={"type": "string", "minLength": 1}, uniqueItems=True)

@@ -4,6 +4,8 @@
   unusable. They are raised before any computation starts.
 - :class:`ComputeError` (exit 1): a run failed while computing: the function raised, or the engine
   refused (a strict-mode violation, ``v`` that does not fit the outputs, ...).
+- :class:`VerificationError` (exit 1): a run computed, but its results failed a check (a golden
+  mismatch, finite differences, non-finite values with ``fail_on_nonfinite``).
 - :class:`JvpcliError` itself (exit 1): any other failed run, e.g. an output that cannot be written.
 - :class:`RunsFailed` (exit 1): runs of a sweep failed (each with its own error).
 - :class:`Interrupted` (exit 130, as for a shell command stopped by Ctrl-C): the user interrupted.
@@ -31,6 +33,7 @@ __all__ = [
     "SourceLocation",
     "TensorFileError",
     "UsageError",
+    "VerificationError",
     "display_path",
     "format_shape",
     "user_location",
@@ -79,6 +82,11 @@ class TensorFileError(UsageError):
 
 class ComputeError(JvpcliError):
     """A run failed while computing (exit code 1)."""
+
+
+class VerificationError(JvpcliError):
+    """A run's results failed a check: they differ from the golden, from finite differences, or
+    hold non-finite values with ``fail_on_nonfinite`` (exit code 1)."""
 
 
 class RunsFailed(JvpcliError):

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from jvpcli.config import RunSpec
     from jvpcli.runner import CheckedRun, InspectedFile, RunFailure, RunResult
     from jvpcli.tensors import TensorStats
+    from jvpcli.verify import Check
 
     RunOutcome = RunResult | RunFailure
 
@@ -51,7 +52,8 @@ __all__ = [
 
 
 def run_view(result: RunResult) -> RenderableType:
-    """A run's summary: a table with one row per tensor written, then how it was computed.
+    """A run's summary: a table with one row per tensor written, then how it was computed, then
+    the checks of the results (golden, finite differences), one row per tensor.
 
     Non-finite values are flagged in red, and again below the table.
     """
@@ -87,9 +89,71 @@ def run_view(result: RunResult) -> RenderableType:
     if result.carried_graph:
         details.add_row("graph", "the results carried an autograd graph; saved detached")
     details.add_row("output", display_path(spec.output))
+    if spec.expect is not None:
+        details.add_row("golden", display_path(spec.expect))
+    if spec.seed is not None or spec.deterministic:
+        seed = "none" if spec.seed is None else str(spec.seed)
+        details.add_row("seed", f"{seed}{', deterministic algorithms' * spec.deterministic}")
     parts: list[RenderableType] = [table, details]
     parts += [Text(f"warning: {w}", style="bold red") for w in warnings]
+    verifications = [check for check in result.checks if check.name != "finite"]
+    if verifications:
+        parts.append(_checks_table(verifications))
     return Group(*parts)
+
+
+def _checks_table(checks: Sequence[Check]) -> RenderableType:
+    table = _table("checks")
+    table.add_column("check", no_wrap=True)
+    table.add_column("tensor", style="bold", overflow="fold")
+    table.add_column("status", no_wrap=True)
+    table.add_column("max abs error", justify="right", no_wrap=True)
+    table.add_column("at", no_wrap=True)
+    table.add_column("max rel error", justify="right", no_wrap=True)
+    details = _details()
+    notes = []
+    for check in checks:
+        if not check.tensors:
+            table.add_row(check.name, "—", _status(check.status), "", "", "")
+            notes.append(f"{check.name}: {check.message}")
+        for tensor in check.tensors:
+            index = tensor.max_abs_index
+            table.add_row(
+                check.name,
+                tensor.name,
+                _status(tensor.status),
+                _number(tensor.max_abs_error),
+                "—" if index is None else format_shape(index),
+                _number(tensor.max_rel_error),
+            )
+            if tensor.message:
+                notes.append(f"{check.name}: {tensor.name}: {tensor.message}")
+        details.add_row(check.name, _bounds(check))
+    return Group(table, details, *(Text(note) for note in notes))
+
+
+def _bounds(check: Check) -> str:
+    """How a check bounds the errors, in a few words."""
+    if check.name == "finite-differences":
+        rtol = next((t.rtol for t in check.tensors if t.rtol is not None), None)
+        steps = ", ".join(f"{h:.3g}" for h in check.steps or ())
+        directions = ", ".join(str(d) for d in check.directions or ())
+        return (
+            f"step h = {steps}"
+            + (f" (directions {directions})" if check.directions is not None else "")
+            + ("" if rtol is None else f"; bound {rtol:.3g} * max |J·v| + the fd error estimate")
+        )
+    bounds = [
+        f"{t.name} rtol {t.rtol:.3g}, atol {t.atol:.3g}"
+        for t in check.tensors
+        if t.rtol is not None and t.atol is not None
+    ]
+    return "; ".join(bounds) or check.message
+
+
+def _status(status: str) -> Text:
+    styles = {"passed": "green", "updated": "cyan", "skipped": "dim", "warning": "bold red"}
+    return Text(status, style=styles.get(status, "bold red"))
 
 
 def run_json(result: RunResult) -> dict[str, Any]:
@@ -111,7 +175,7 @@ def _status_of(outcome: RunOutcome | None) -> tuple[str, RunOutcome | None]:
 
 
 def _run_entry(spec: RunSpec, status: str, outcome: RunOutcome | None) -> dict[str, Any]:
-    result = outcome if outcome is not None and outcome.status != "failed" else None
+    result = _result_of(outcome)
     error = outcome.error if outcome is not None and outcome.status == "failed" else None
     return {
         "name": spec.name,
@@ -149,14 +213,65 @@ def _run_entry(spec: RunSpec, status: str, outcome: RunOutcome | None) -> dict[s
             }
             for output in result.outputs
         ],
+        "seed": spec.seed,
+        "deterministic": spec.deterministic,
+        "expect": None if spec.expect is None else str(spec.expect),
+        "check": spec.check,
+        "fail_on_nonfinite": spec.fail_on_nonfinite,
+        "checks": None if result is None else [_check_json(check) for check in result.checks],
         "error": None if error is None else _error_json(error),
     }
 
 
+def _result_of(outcome: RunOutcome | None) -> RunResult | None:
+    """The result of a run: its own, or the one a run whose results failed a check holds."""
+    if outcome is None:
+        return None
+    return outcome.result if outcome.status == "failed" else outcome
+
+
+def _check_json(check: Check) -> dict[str, Any]:
+    return {
+        "check": check.name,
+        "status": check.status,
+        "message": check.message,
+        "directions": None if check.directions is None else list(check.directions),
+        "steps": None if check.steps is None else list(check.steps),
+        "tensors": [
+            {
+                "name": tensor.name,
+                "status": tensor.status,
+                "max_abs_error": _finite_or_none(tensor.max_abs_error),
+                "max_abs_index": _index_json(tensor.max_abs_index),
+                "max_rel_error": _finite_or_none(tensor.max_rel_error),
+                "max_rel_index": _index_json(tensor.max_rel_index),
+                "rtol": tensor.rtol,
+                "atol": tensor.atol,
+                "mismatched": tensor.mismatched,
+                "elements": tensor.elements,
+                "got": _real_or_none(tensor.got),
+                "expected": _real_or_none(tensor.expected),
+                "message": tensor.message,
+            }
+            for tensor in check.tensors
+        ],
+    }
+
+
+def _index_json(index: tuple[int, ...] | None) -> list[int] | None:
+    return None if index is None else list(index)
+
+
+def _real_or_none(value: complex | None) -> float | None:
+    return _finite_or_none(value) if isinstance(value, float) else None
+
+
 def sweep_view(runs: Sequence[RunSpec], outcomes: Sequence[RunOutcome]) -> RenderableType:
-    """A sweep's summary: one row per run (status, method, time, max |jvp|, output), then why
-    each failed run failed, then the counts."""
+    """A sweep's summary: one row per run (status, method, time, max |jvp|, the checks when any
+    run has some, output), then why each failed run failed, then warnings about non-finite
+    values, then the counts."""
     finished = {outcome.spec.name: outcome for outcome in outcomes}
+    verified = any(spec.expect is not None or spec.check != "none" for spec in runs)
     table = _table(None)
     # Only names and paths may fold: the short columns keep their width, nothing is cut short.
     table.add_column("run", style="bold", overflow="fold")
@@ -164,35 +279,58 @@ def sweep_view(runs: Sequence[RunSpec], outcomes: Sequence[RunOutcome]) -> Rende
     table.add_column("method", no_wrap=True)
     table.add_column("time", justify="right", no_wrap=True)
     table.add_column("max |jvp|", justify="right", no_wrap=True)
+    if verified:
+        table.add_column("checks", overflow="fold")
     table.add_column("output", overflow="fold")
     failures: list[RenderableType] = []
+    warnings: list[RenderableType] = []
     counts = {"ok": 0, "skipped": 0, "failed": 0, "not run": 0}
     for spec in runs:
         status, outcome = _status_of(finished.get(spec.name))
         counts[status] += 1
-        output = display_path(spec.output)
-        if outcome is None:
-            table.add_row(spec.name, Text(status, style="dim"), "—", "—", "—", output)
-        elif outcome.status == "failed":
-            time = _duration(outcome.total_seconds)
-            table.add_row(spec.name, Text(status, style="bold red"), "—", time, "—", "—")
+        result = _result_of(outcome)
+        style = {"ok": "green", "skipped": "cyan", "failed": "bold red"}.get(status, "dim")
+        if outcome is not None and outcome.status == "failed":
             failures.append(
                 Text.assemble((f"{spec.name} failed: ", "bold red"), str(outcome.error))
             )
+        if result is None:
+            time = "—" if outcome is None else _duration(outcome.total_seconds)
+            output = display_path(spec.output) if outcome is None else "—"
+            cells = ["—", time, "—", *(["—"] if verified else []), output]
         else:
-            time = "—" if outcome.skipped else _duration(outcome.total_seconds)
-            style = "green" if status == "ok" else "cyan"
-            table.add_row(
-                spec.name,
-                Text(status, style=style),
-                outcome.method_used,
+            time = "—" if result.skipped else _duration(result.total_seconds)
+            checks = [_checks_cell(result.checks)] if verified else []
+            cells = [
+                result.method_used,
                 time,
-                _number(_max_abs_jvp(outcome)),
-                output,
-            )
+                _number(_max_abs_jvp(result)),
+                *checks,
+                display_path(spec.output),
+            ]
+            warnings += [
+                Text(f"warning: {spec.name}: {check.message}", style="bold red")
+                for check in result.checks
+                if check.status == "warning"
+            ]
+        table.add_row(spec.name, Text(status, style=style), *cells)
     summary = ", ".join(f"{count} {status}" for status, count in counts.items() if count)
     total = f"{len(runs)} run{'s' if len(runs) != 1 else ''}"
-    return Group(table, *failures, Text(f"{total}: {summary or 'none selected'}"))
+    return Group(table, *failures, *warnings, Text(f"{total}: {summary or 'none selected'}"))
+
+
+def _checks_cell(checks: Sequence[Check]) -> Text:
+    """The checks of a run in a word or a few: ``passed``, or those that did not simply pass,
+    e.g. ``golden FAILED``, ``golden updated``, ``finite warning``."""
+    cell = Text()
+    for check in checks:
+        if check.status == "passed":
+            continue
+        if cell:
+            cell.append(", ")
+        cell.append(f"{check.name} ")
+        cell.append_text(_status("FAILED" if check.failed else check.status))
+    return cell if cell else Text("passed", style="green")
 
 
 def progress_line(outcome: RunOutcome, done: int, total: int) -> Text:
@@ -208,10 +346,14 @@ def progress_line(outcome: RunOutcome, done: int, total: int) -> Text:
         return line.append(f" {spec.name}: {display_path(spec.output)} is up to date")
     line.append("ok     ", style="green")
     largest = _max_abs_jvp(outcome)
-    return line.append(
+    line.append(
         f" {spec.name}: {outcome.method_used}, {_duration(outcome.total_seconds)}, max |jvp| "
         f"{'—' if largest is None else f'{largest:.4g}'} → {display_path(spec.output)}"
     )
+    for check in outcome.checks:
+        if check.status == "warning":
+            line.append(f" (warning: {check.message})", style="bold red")
+    return line
 
 
 def sweep_progress(console: Console) -> Progress:
@@ -283,6 +425,8 @@ def check_view(checked: CheckedRun) -> RenderableType:
     details.add_row("method", spec.method)
     details.add_row("device", str(checked.device))
     details.add_row("output", display_path(spec.output))
+    if spec.expect is not None:
+        details.add_row("golden", display_path(spec.expect))
     return Group(table, details, Text("valid: ready to run (nothing was computed)", style="green"))
 
 
@@ -332,6 +476,8 @@ def check_json(checked: CheckedRun) -> dict[str, Any]:
         "batched_v": spec.batched_v,
         "dtype": spec.dtype,
         "device": str(checked.device),
+        "expect": None if spec.expect is None else str(spec.expect),
+        "check": spec.check,
     }
 
 

@@ -6,14 +6,18 @@ each tensor file read once. :meth:`Session.check` does everything that can fail 
 (files, names, shapes, dtypes, the function, the device) and raises
 :class:`~jvpcli.errors.UsageError` subclasses; :meth:`Session.execute` computes and writes,
 raising :class:`~jvpcli.errors.ComputeError` when the computation fails; :meth:`Session.run` runs
-checked runs in order, failures isolated, finished outputs reused with ``resume``. Results come
-back as plain records for :mod:`jvpcli.report` to render.
+checked runs in order, failures isolated, finished outputs reused with ``resume``. Each result
+is then verified (:mod:`jvpcli.verify`: finiteness, finite differences, the golden), and a run
+whose results fail a check fails with a :class:`~jvpcli.errors.VerificationError`; with
+``update_golden`` the goldens are written instead of compared. Results come back as plain records
+for :mod:`jvpcli.report` to render.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 import traceback
 from collections import Counter
@@ -32,10 +36,13 @@ from jvpcli.errors import (
     ConfigError,
     JvpcliError,
     TensorFileError,
+    VerificationError,
     display_path,
     user_location,
 )
+from jvpcli.files import write_atomically
 from jvpcli.loading import LoadedFunction, load_function
+from jvpcli.reproducibility import deterministic_algorithms, seeded
 from jvpcli.tensors import (
     FileCache,
     TensorFileHeader,
@@ -49,6 +56,7 @@ from jvpcli.tensors import (
     tensors_sha256,
     write_tensors,
 )
+from jvpcli.verify import Check, check_finite, check_finite_differences, compare_with_golden
 
 __all__ = [
     "CheckedRun",
@@ -125,6 +133,9 @@ class RunResult:
         outputs: one record per output of the function.
         skipped: whether the output was already there, from the same run (``resume``), and
             nothing was computed.
+        checks: the checks of the results, in the order they ran: ``finite`` always, then
+            ``finite-differences`` and ``golden`` when the run asks for them. (A run whose
+            results fail one is a :class:`RunFailure` holding this result.)
     """
 
     spec: RunSpec
@@ -137,6 +148,7 @@ class RunResult:
     carried_graph: bool
     outputs: tuple[OutputRecord, ...]
     skipped: bool = False
+    checks: tuple[Check, ...] = ()
 
     @property
     def status(self) -> str:
@@ -146,17 +158,20 @@ class RunResult:
 
 @dataclass(frozen=True)
 class RunFailure:
-    """A run that failed while computing or writing.
+    """A run that failed while computing or writing, or whose results failed a check.
 
     Attributes:
         spec: the run.
         error: why, as the user is told.
         total_seconds: how long it ran before failing.
+        result: for a run whose results failed a check, its result (outputs and checks);
+            ``None`` for one that failed before it had results.
     """
 
     spec: RunSpec
     error: JvpcliError
     total_seconds: float
+    result: RunResult | None = None
 
     @property
     def status(self) -> str:
@@ -182,12 +197,17 @@ def output_keys(index: int | None) -> tuple[str, str]:
 class Session:
     """Checks and runs the runs of a sweep (or a single run) in one process.
 
-    Each function module is imported once, each function built once per device and dtype (so a
-    model is never cast under another run's feet), and each file's header, tensors and digest
-    read once, by path.
+    Each function module is imported once, each function built once per device, dtype and seed
+    (so a model is never cast under another run's feet), and each file's header, tensors and
+    digest read once, by path.
+
+    Args:
+        update_golden: write each run's results to its ``expect`` file (when its other checks
+            pass) instead of comparing them with it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, update_golden: bool = False) -> None:
+        self.update_golden = update_golden
         self.files = FileCache()
         self._modules: dict[str, ModuleType] = {}
         self._functions: dict[tuple[str, str, str | None], LoadedFunction] = {}
@@ -196,27 +216,38 @@ class Session:
     def check(self, spec: RunSpec) -> CheckedRun:
         """Check everything about a run that can be checked without computing.
 
-        Reads the headers of the inputs and v files (not their data), loads the function, binds
-        the input tensors to its parameters and resolves the device.
+        Reads the headers of the inputs, v and golden files (not their data), loads the function,
+        binds the input tensors to its parameters and resolves the device.
 
         Raises:
-            UsageError: a file is missing or corrupt; tensors are integer, misnamed or do not fit
-                each other or the function; the function cannot be loaded; the device is not
-                available; the output is a folder.
+            UsageError: a file is missing or corrupt (the golden too, unless ``update_golden``);
+                tensors are integer, misnamed or do not fit each other or the function; the
+                function cannot be loaded; the device is not available; the output or the
+                golden is a folder.
         """
         inputs = self.files.header(spec.inputs, "inputs")
         v = None if spec.v is None else self.files.header(spec.v, "v")
         check_differentiable(inputs, spec.dtype)
         check_tangents(inputs, v, spec.dtype, spec.batched_v)
-        if spec.output.is_dir():
-            raise ConfigError(f"output {display_path(spec.output)} is a folder; name a file.")
+        for role, path in (("output", spec.output), ("expect", spec.expect)):
+            if path is not None and path.is_dir():
+                raise ConfigError(f"{role} {display_path(path)} is a folder; name a file.")
+        if spec.expect is not None and not self.update_golden:
+            self._golden_header(spec.expect)
         device = self._devices.get(spec.device)
         if device is None:
             device = self._devices[spec.device] = _device(spec.device)
-        key = (json.dumps(spec.settings()["function"], sort_keys=True), str(device), spec.dtype)
+        key = (
+            json.dumps(spec.settings()["function"], sort_keys=True),
+            str(device),
+            spec.dtype,
+            spec.seed,
+        )
         function = self._functions.get(key)
         if function is None:
-            function = self._functions[key] = load_function(spec.function, self._modules)
+            with seeded(spec.seed, device):
+                function = load_function(spec.function, self._modules)
+            self._functions[key] = function
         order = bind_inputs(
             inputs, function.parameters, function.required, spec.order, function.name
         )
@@ -255,35 +286,29 @@ class Session:
                 default now.
 
         Returns:
-            The run's record.
+            The run's record, with the checks of its results (which may have failed).
 
         Raises:
             TensorFileError: a tensor file changed since it was checked.
             ComputeError: the function or the engine raised; the message names where in the
                 user's code, when it passed through it.
-            JvpcliError: the output file cannot be written.
+            JvpcliError: the output file (or, with ``update_golden``, the golden) cannot be
+                written.
         """
         started = time.perf_counter() if started is None else started
         spec, function = checked.spec, checked.function
-        dtype = None if spec.dtype is None else getattr(torch, spec.dtype)
-        if isinstance(function.func, torch.nn.Module):
-            function.func.to(device=checked.device, dtype=dtype)
-        inputs = self._load(checked.inputs, checked.order, checked.device, dtype)
-        v = (
-            None
-            if checked.v is None
-            else self._load(checked.v, checked.order, checked.device, dtype)
-        )
+        inputs, v = self._arguments(checked)
         try:
-            result = jvp_with_info(
-                function.func,
-                inputs[0] if len(inputs) == 1 else inputs,
-                None if v is None else (v[0] if len(v) == 1 else v),
-                spec.create_graph,
-                spec.strict,
-                method=spec.method,
-                batched_v=spec.batched_v,
-            )
+            with deterministic_algorithms(spec.deterministic), seeded(spec.seed, checked.device):
+                result = jvp_with_info(
+                    function.func,
+                    inputs[0] if len(inputs) == 1 else inputs,
+                    None if v is None else (v[0] if len(v) == 1 else v),
+                    spec.create_graph,
+                    spec.strict,
+                    method=spec.method,
+                    batched_v=spec.batched_v,
+                )
         except Exception as error:
             raise ComputeError(
                 f"computing the JVP of {function.name} failed: {type(error).__name__}: {error}",
@@ -302,10 +327,9 @@ class Session:
                 spec.output, tensors, self._metadata(checked, result.info, tensors, carried_graph)
             )
         except (OSError, ValueError) as error:
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
-            raise JvpcliError(
-                f"cannot write the output {display_path(spec.output)}: {reason}."
-            ) from error
+            raise _write_error("output", spec.output, error) from error
+        records = _records(tensors, is_tuple)
+        checks = self._verify(checked, tensors, records)
         return RunResult(
             spec=spec,
             device=str(checked.device),
@@ -315,7 +339,8 @@ class Session:
             seconds=result.info.seconds,
             total_seconds=time.perf_counter() - started,
             carried_graph=carried_graph,
-            outputs=_records(tensors, is_tuple),
+            outputs=records,
+            checks=checks,
         )
 
     def reuse(self, checked: CheckedRun, started: float | None = None) -> RunResult | None:
@@ -325,7 +350,7 @@ class Session:
         the digest it records) and comes from the same run: the same settings and the same
         bytes of every file the run reads (the config file itself may change, e.g. to add
         runs). Anything else (missing, torn, corrupt, other settings, changed inputs) is
-        ``None``: never trusted.
+        ``None``: never trusted. A reused result is verified as a computed one is.
 
         Args:
             checked: what :meth:`check` returned.
@@ -360,6 +385,8 @@ class Session:
             device = metadata["jvpcli.device"]
         except (KeyError, TypeError, ValueError):
             return None
+        records = _records(tensors, is_tuple)
+        checks = self._verify(checked, tensors, records)
         return RunResult(
             spec=spec,
             device=device,
@@ -369,8 +396,9 @@ class Session:
             seconds=info.seconds,
             total_seconds=time.perf_counter() - started,
             carried_graph=carried_graph,
-            outputs=_records(tensors, is_tuple),
+            outputs=records,
             skipped=True,
+            checks=checks,
         )
 
     def run(
@@ -378,7 +406,9 @@ class Session:
     ) -> Iterator[RunResult | RunFailure]:
         """Run checked runs in order, yielding each one's outcome as it finishes.
 
-        A run that fails is yielded as a :class:`RunFailure` and the next one starts. A
+        A run that fails, or whose results fail a check, is yielded as a :class:`RunFailure`
+        (with a :class:`~jvpcli.errors.VerificationError` and the result) and the next one
+        starts. A
         KeyboardInterrupt propagates at once: the outputs of the runs yielded so far are
         complete, and the run in progress leaves no file (outputs are written atomically).
         Each tensor file's tensors are dropped after the last run that reads them.
@@ -398,6 +428,14 @@ class Session:
                 outcome: RunResult | RunFailure = (
                     self.reuse(checked, started) if resume else None
                 ) or self.execute(checked, started)
+                failed = [check.message for check in outcome.checks if check.failed]
+                if failed:
+                    outcome = RunFailure(
+                        checked.spec,
+                        VerificationError(" ".join(failed)),
+                        outcome.total_seconds,
+                        outcome,
+                    )
             except JvpcliError as error:
                 outcome = RunFailure(checked.spec, error, time.perf_counter() - started)
                 _drop_locals(error)
@@ -413,6 +451,94 @@ class Session:
             yield outcome
             if fail_fast and isinstance(outcome, RunFailure):
                 return
+
+    def _arguments(
+        self, checked: CheckedRun
+    ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None]:
+        """The run's inputs and v (``None`` when omitted), as passed to the engine: on its
+        device, cast to its dtype; a model is moved and cast likewise."""
+        spec, function = checked.spec, checked.function
+        dtype = None if spec.dtype is None else getattr(torch, spec.dtype)
+        if isinstance(function.func, torch.nn.Module):
+            function.func.to(device=checked.device, dtype=dtype)
+        inputs = self._load(checked.inputs, checked.order, checked.device, dtype)
+        v = (
+            None
+            if checked.v is None
+            else self._load(checked.v, checked.order, checked.device, dtype)
+        )
+        return inputs, v
+
+    def _verify(
+        self,
+        checked: CheckedRun,
+        tensors: Mapping[str, torch.Tensor],
+        records: Sequence[OutputRecord],
+    ) -> tuple[Check, ...]:
+        """Check a run's results (already in its output file): finiteness, then finite
+        differences and the golden when the run asks. With ``update_golden``, the golden is
+        written from the output file when the other checks pass.
+
+        Raises:
+            TensorFileError: the golden changed since it was checked.
+            JvpcliError: the golden cannot be written.
+        """
+        spec = checked.spec
+        stats = {
+            key: s for r in records for key, s in zip(r.keys, (r.func_output, r.jvp), strict=True)
+        }
+        checks = [check_finite(stats, spec.fail_on_nonfinite)]
+        if spec.check == "finite-differences":
+            inputs, v = self._arguments(checked)
+            with deterministic_algorithms(spec.deterministic):
+                checks.append(
+                    check_finite_differences(
+                        checked.function.func,
+                        inputs,
+                        v if v is not None else tuple(torch.ones_like(x) for x in inputs),
+                        tensors,
+                        batched=spec.batched_v,
+                        step=spec.fd_step,
+                        rtol=spec.fd_rtol,
+                        seed=spec.seed,
+                        name=checked.function.name,
+                    )
+                )
+        if spec.expect is not None:
+            passed = not any(check.failed for check in checks)
+            checks.append(self._golden(spec, spec.expect, tensors, passed))
+        return tuple(checks)
+
+    def _golden(
+        self, spec: RunSpec, expect: Path, tensors: Mapping[str, torch.Tensor], passed: bool
+    ) -> Check:
+        """Compare the results with the golden ``expect``; or, with ``update_golden``, write it
+        from the output file when the other checks ``passed``."""
+        shown = display_path(expect)
+        if not self.update_golden:
+            golden = read_tensors(self._golden_header(expect))
+            return compare_with_golden(tensors, golden, spec.tolerance, shown, spec.tolerances)
+        if not passed:
+            return Check(
+                "golden",
+                "skipped",
+                f"the golden {shown} was not written: the results failed another check.",
+            )
+        try:
+            write_atomically(expect, lambda temporary: shutil.copyfile(spec.output, temporary))
+        except OSError as error:
+            raise _write_error("golden", expect, error) from error
+        return Check("golden", "updated", f"wrote the golden {shown}.")
+
+    def _golden_header(self, path: Path) -> TensorFileHeader:
+        try:
+            return self.files.header(path, "expect")
+        except TensorFileError as error:
+            if path.exists():
+                raise
+            raise TensorFileError(
+                f"{error.message} Write it with jvpcli compute CONFIG --update-golden."
+            ) from None
 
     def _load(
         self,
@@ -473,6 +599,9 @@ class Session:
         }
         if spec.dtype is not None:
             metadata["jvpcli.dtype"] = spec.dtype
+        if spec.seed is not None:
+            metadata["jvpcli.seed"] = str(spec.seed)
+        metadata["jvpcli.deterministic"] = json.dumps(spec.deterministic)
         for role, path in files.items():
             if path is not None:
                 metadata[f"jvpcli.sha256.{role}"] = self.files.sha256(path)
@@ -508,6 +637,11 @@ def _device(name: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device {name!r} is not available here. Use device: cpu or auto.")
     return device
+
+
+def _write_error(role: str, path: Path, error: OSError | ValueError) -> JvpcliError:
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+    return JvpcliError(f"cannot write the {role} {display_path(path)}: {reason}.")
 
 
 def _drop_locals(error: BaseException) -> None:

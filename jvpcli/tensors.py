@@ -13,8 +13,6 @@ import hashlib
 import json
 import math
 import os
-import secrets
-import stat
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -25,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from jvpcli.errors import TensorFileError, display_path, format_shape
+from jvpcli.files import write_atomically
 
 __all__ = [
     "FileCache",
@@ -144,13 +143,17 @@ def read_header(path: Path, role: str) -> TensorFileHeader:
         raise TensorFileError(f"cannot read {shown}: {error.strerror or error}.") from None
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):
+        # ValueError: not UTF-8, not JSON, or an integer too long to read; RecursionError: JSON
+        # nested deeper than Python's stack.
         header = None
     if not isinstance(header, dict):
         raise TensorFileError(f"{shown} is corrupt: its header is not a safetensors JSON header.")
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
     if not isinstance(metadata, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+        _is_text(k) and _is_text(v) for k, v in metadata.items()
     ):
         raise TensorFileError(f"{shown} is corrupt: its metadata is not a string → string map.")
     data_size = size - 8 - header_size
@@ -183,6 +186,8 @@ def read_header(path: Path, role: str) -> TensorFileHeader:
 
 
 def _check_entry(name: str, entry: object, shown: str) -> tuple[TensorInfo, int, int]:
+    if not _is_text(name):
+        raise TensorFileError(f"{shown} is corrupt: a tensor's name is not valid Unicode.")
     corrupt = f"{shown} is corrupt: the header entry of tensor {name!r}"
     if not isinstance(entry, dict):
         raise TensorFileError(f"{corrupt} is not a mapping.")
@@ -208,8 +213,15 @@ def _check_entry(name: str, entry: object, shown: str) -> tuple[TensorInfo, int,
     return TensorInfo(name, dtype, tuple(shape)), begin, end
 
 
+def _is_text(value: object) -> bool:
+    # JSON's \ud800 escapes decode to lone surrogates, which no UTF-8 text (nor safetensors)
+    # holds.
+    return isinstance(value, str) and not any("\ud800" <= c <= "\udfff" for c in value)
+
+
 def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    # torch holds sizes as signed 64-bit integers.
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
 
 
 def read_tensors(header: TensorFileHeader) -> dict[str, torch.Tensor]:
@@ -223,8 +235,10 @@ def read_tensors(header: TensorFileHeader) -> dict[str, torch.Tensor]:
     """
     try:
         loaded = load_file(header.path, device="cpu")
-    except (SafetensorError, OSError) as error:
-        raise TensorFileError(f"cannot load {header.shown}: {error}.") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        # torch's errors carry a C++ backtrace after their first line.
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TensorFileError(f"cannot load {header.shown}: {reason}.") from None
     if loaded.keys() != header.tensors.keys():
         raise TensorFileError(f"{header.shown} changed while it was being read.")
     return {name: loaded[name] for name in header.tensors}
@@ -497,41 +511,15 @@ def write_tensors(
             raise ValueError(
                 f"safetensors cannot store {name!r}: its dtype {dtype} has no equivalent"
             )
-    path.parent.mkdir(parents=True, exist_ok=True)
     prepared = {
         name: t.detach().cpu().clone(memory_format=torch.contiguous_format)
         for name, t in tensors.items()
     }
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        # O_EXCL: never clobber another writer's temporary file. The mode the umask gives this
-        # empty file is restored after safetensors (which writes files private) has written it.
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        mode = stat.S_IMODE(os.fstat(descriptor).st_mode)
-        os.close(descriptor)
+
+    def save(temporary: Path) -> None:
         save_file(prepared, temporary, metadata=dict(metadata))
-        os.chmod(temporary, mode)
-        with temporary.open("rb+") as file:
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
 
-
-def _fsync_folder(folder: Path) -> None:
-    # Makes the rename itself durable; not every platform can open a folder.
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
+    write_atomically(path, save)
 
 
 @dataclass(frozen=True)

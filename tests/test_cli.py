@@ -586,9 +586,17 @@ def test_json_summary_has_its_documented_keys(tmp_path: Path) -> None:
     assert set(run) == {
         "name", "status", "function", "config", "inputs", "v", "output", "method",
         "method_used", "fallbacks", "strict", "create_graph", "batched_v", "carried_graph",
-        "dtype", "device", "seconds", "total_seconds", "outputs", "error",
+        "dtype", "device", "seconds", "total_seconds", "outputs", "seed", "deterministic",
+        "expect", "check", "fail_on_nonfinite", "checks", "error",
     }  # fmt: skip
     assert run["error"] is None
+    (finite,) = run["checks"]
+    assert set(finite) == {"check", "status", "message", "directions", "steps", "tensors"}
+    assert set(finite["tensors"][0]) == {
+        "name", "status", "max_abs_error", "max_abs_index", "max_rel_error", "max_rel_index",
+        "rtol", "atol", "mismatched", "elements", "got", "expected", "message",
+    }  # fmt: skip
+    assert (finite["check"], finite["status"]) == ("finite", "passed")
     (output,) = run["outputs"]
     assert set(output) == {"index", "shape", "jvp_shape", "dtype", "func_output", "jvp"}
     assert set(output["jvp"]) == {"name", "norm", "min", "max", "finite", "nan", "inf"}
@@ -634,7 +642,9 @@ def test_schema_lists_every_config_key() -> None:
     assert schema["then"]["required"] == ["function", "inputs", "output"]
     assert set(schema["properties"]) == {
         "name", "function", "inputs", "v", "output", "order", "strict", "create_graph",
-        "method", "dtype", "device", "batched_v", "sweep", "runs",
+        "method", "dtype", "device", "batched_v", "expect", "rtol", "atol", "tolerances",
+        "check", "fd_step", "fd_rtol", "fail_on_nonfinite", "seed", "deterministic", "sweep",
+        "runs",
     }  # fmt: skip
     assert schema["properties"]["method"]["enum"] == ["auto", "forward", "double-backward"]
 

@@ -281,6 +281,8 @@ def test_settings_are_json_and_name_every_input(tmp_path: Path) -> None:
         "dtype": "float64",
         "device": "cpu",
         "batched_v": False,
+        "seed": None,
+        "deterministic": False,
     }
 
 
