@@ -37,6 +37,8 @@ from jvpcli.config import (
 from jvpcli.errors import ConfigError, Interrupted, JvpcliError, RunsFailed, display_path
 from jvpcli.junit import junit_document, write_junit
 from jvpcli.report import (
+    bench_json,
+    bench_view,
     check_json,
     check_view,
     checks_view,
@@ -484,6 +486,38 @@ def inspect_command(
             _print_json(stdout, document(file=inspect_json(inspected)))
         else:
             stdout.print(inspect_view(inspected))
+
+
+@app.command()
+def bench(
+    config: ConfigArgument,
+    set_: SetOption = None,
+    repeats: Annotated[
+        int, typer.Option(min=1, help="Timed rounds per candidate, after one warm-up round.")
+    ] = 11,
+    json_: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Time every method on a config's own function and tensors; say which is fastest.
+
+    Runs the plain forward pass, jvpcli's methods (auto, forward, double-backward) and those of
+    PyTorch's two jvp APIs that take the config's flags, interleaved (one call each per round),
+    and reports their medians as multiples of the forward pass. Writes nothing.
+    """
+    stdout, stderr = _consoles()
+    with _reporting(stdout, stderr, json_, debug, {"runs": []}):
+        sweep = load_sweep(config, _overrides(set_))
+        from jvpcli.runner import Session
+
+        session = Session()
+        results = [
+            session.bench(checked, repeats)
+            for checked in session.check_all(sweep.runs, name_runs=sweep.is_sweep)
+        ]
+        if json_:
+            _print_json(stdout, document(runs=[bench_json(result) for result in results]))
+        else:
+            stdout.print(bench_view(results))
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from jvpcli.errors import JvpcliError, display_path, format_shape
 
 if TYPE_CHECKING:
     from jvpcli.config import RunSpec
-    from jvpcli.runner import CheckedRun, InspectedFile, RunFailure, RunResult
+    from jvpcli.runner import BenchResult, CheckedRun, InspectedFile, RunFailure, RunResult
     from jvpcli.tensors import TensorStats
     from jvpcli.verify import Check
 
@@ -583,3 +583,50 @@ def _duration(seconds: float) -> str:
     if seconds < 1:
         return f"{seconds * 1000:.3g} ms"
     return f"{seconds:.3g} s"
+
+
+def bench_view(results: Sequence[BenchResult]) -> RenderableType:
+    """What ``jvpcli bench`` measured: each candidate's median, as a multiple of the forward
+    pass, and which jvpcli method is fastest."""
+    from jvpcli.benchmark import FORWARD, PYTORCH_PEERS, fastest
+
+    parts: list[RenderableType] = []
+    for result in results:
+        timings = result.timings
+        base = timings[FORWARD].median
+        table = _table(f"{result.spec.name}: {result.spec.function}")
+        table.add_column("candidate")
+        table.add_column("median", justify="right")
+        table.add_column("x forward", justify="right")
+        table.add_column("note")
+        for timing in timings.values():
+            median = timing.median
+            table.add_row(
+                timing.name,
+                "—" if median is None else _duration(median),
+                "—" if median is None or not base else f"{median / base:.2f}x",
+                Text(timing.error or "", style="red"),
+            )
+        best = fastest(timings)
+        peers = [t.median for t in timings.values() if t.name in PYTORCH_PEERS and t.median]
+        summary = f"fastest: {best.name.removeprefix('jvpcli ')}"
+        if peers:
+            summary += f", {min(peers) / best.median:.2f}x the speed of the faster PyTorch API"
+        parts += [table, Text(summary, style="bold"), Text("")]
+    return Group(*parts[:-1])
+
+
+def bench_json(result: BenchResult) -> dict[str, Any]:
+    """One run's entry in ``jvpcli bench --json``: median seconds (``null`` for a candidate that
+    failed), errors, the fastest jvpcli method and the number of timed rounds."""
+    from jvpcli.benchmark import fastest
+
+    best = fastest(result.timings)
+    return {
+        "name": result.spec.name,
+        "function": str(result.spec.function),
+        "median_seconds": {name: t.median for name, t in result.timings.items()},
+        "errors": {name: t.error for name, t in result.timings.items() if t.error},
+        "fastest": None if best is None else best.name.removeprefix("jvpcli "),
+        "rounds": max(len(t.times) for t in result.timings.values()),
+    }

@@ -29,6 +29,7 @@ from types import ModuleType
 import torch
 
 from jvpcli import __version__
+from jvpcli.benchmark import Timing, candidates, compare, fastest
 from jvpcli.config import RunSpec
 from jvpcli.engine import Fallback, JvpInfo, jvp_with_info
 from jvpcli.errors import (
@@ -59,6 +60,7 @@ from jvpcli.tensors import (
 from jvpcli.verify import Check, check_finite, check_finite_differences, compare_with_golden
 
 __all__ = [
+    "BenchResult",
     "CheckedRun",
     "InspectedFile",
     "OutputRecord",
@@ -192,6 +194,19 @@ def output_keys(index: int | None) -> tuple[str, str]:
     single Tensor, ``func_output.N`` and ``jvp.N`` for item N of a tuple."""
     suffix = "" if index is None else f".{index}"
     return f"func_output{suffix}", f"jvp{suffix}"
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """What ``jvpcli bench`` measured for one run.
+
+    Attributes:
+        spec: the run.
+        timings: candidate name → its timing (:mod:`jvpcli.benchmark`), the forward pass first.
+    """
+
+    spec: RunSpec
+    timings: Mapping[str, Timing]
 
 
 class Session:
@@ -539,6 +554,36 @@ class Session:
             raise TensorFileError(
                 f"{error.message} Write it with jvpcli compute CONFIG --update-golden."
             ) from None
+
+    def bench(self, checked: CheckedRun, repeats: int) -> BenchResult:
+        """Time every method on a checked run's function and tensors, side by side.
+
+        Writes nothing.
+
+        Raises:
+            ComputeError: every jvpcli method failed.
+        """
+        inputs, v = self._arguments(checked)
+        if v is None:  # a single one-element input: v is 1
+            one = torch.ones_like(inputs[0])
+            v = (one.unsqueeze(0) if checked.spec.batched_v else one,)
+        spec = checked.spec
+        calls = candidates(
+            checked.function.func,
+            inputs,
+            v,
+            create_graph=spec.create_graph,
+            strict=spec.strict,
+            batched_v=spec.batched_v,
+        )
+        with deterministic_algorithms(spec.deterministic), seeded(spec.seed, checked.device):
+            timings = compare(calls, repeats=repeats)
+        if fastest(timings) is None:
+            failures = "; ".join(
+                f"{t.name}: {t.error}" for t in timings.values() if t.name.startswith("jvpcli ")
+            )
+            raise ComputeError(f"every method failed on {checked.function.name}: {failures}")
+        return BenchResult(spec, timings)
 
     def _load(
         self,
