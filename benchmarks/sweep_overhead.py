@@ -15,7 +15,7 @@ warm-up of each:
 
 The overhead per run is ``median(A) - median(B)``, divided by 200: what jvpcli adds around the JVP
 and the file I/O. Parts of it are also timed alone: expansion + validation (``load_sweep``), checks
-(``Session.check_all``) and rendering the final table (``sweep_view``, 80 columns). The folder is
+(``plan_runs``) and rendering the final table (``sweep_view``, 80 columns). The folder is
 in /dev/shm when there is one, so that fsync times (the same in both arms, but noisy on disks) do
 not drown the difference.
 """
@@ -41,7 +41,7 @@ from jvpcli import jvp_with_info
 from jvpcli.cli import app
 from jvpcli.config import load_sweep
 from jvpcli.report import sweep_view
-from jvpcli.runner import Session
+from jvpcli.runner import WorkerCache, plan_runs, run_locally
 from jvpcli.tensors import write_tensors
 
 DIRECTIONS = 50
@@ -131,9 +131,9 @@ def main() -> None:
             bare_times.append(bare_arm(root))
         expansion = timed(lambda: load_sweep(root / "sweep.yaml"), repeats)
         specs = load_sweep(root / "sweep.yaml").runs
-        checks = timed(lambda: Session().check_all(specs, name_runs=True), repeats)
-        session = Session()
-        outcomes = list(session.run(session.check_all(specs)))
+        checks = timed(lambda: plan_runs(specs, WorkerCache(), name_runs=True), repeats)
+        cache = WorkerCache()
+        outcomes = list(run_locally(plan_runs(specs, cache), cache))
         console = Console(file=io.StringIO(), width=80)
         table = timed(lambda: console.print(sweep_view(specs, outcomes)), repeats)
 

@@ -56,7 +56,7 @@ from jvpcli.report import (
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
-    from jvpcli.runner import CheckedRun, RunFailure, RunResult, Session
+    from jvpcli.runner import CheckedRun, RunFailure, RunResult, WorkerCache
 
 __all__ = ["app", "main"]
 
@@ -245,14 +245,14 @@ def compute(
                     "e.g. expect: goldens/{name}.safetensors to the config."
                 )
             runs = sweep.runs if selection is None else selection.select(sweep.runs)
-            from jvpcli.runner import Session
+            from jvpcli.runner import WorkerCache, plan_runs, run_locally
 
-            session = Session(update_golden=update_golden)
-            checked = session.check_all(runs, name_runs=sweep.is_sweep)
+            cache = WorkerCache()
+            checked = plan_runs(runs, cache, update_golden=update_golden, name_runs=sweep.is_sweep)
             record.runs = [run.spec for run in checked]
             if sweep.is_sweep or not checked:
                 _compute_sweep(
-                    session,
+                    cache,
                     checked,
                     (stdout, stderr),
                     payload,
@@ -263,7 +263,7 @@ def compute(
                     quiet=quiet,
                 )
                 return
-            (outcome,) = session.run(checked, resume=resume, fail_fast=True)
+            (outcome,) = run_locally(checked, cache, resume=resume, fail_fast=True)
             record.outcomes.append(outcome)
             if outcome.status == "failed":
                 if outcome.result is not None:
@@ -340,7 +340,7 @@ def _write_junit(path: Path, record: _Record, error: JvpcliError | None) -> None
 
 
 def _compute_sweep(
-    session: Session,
+    cache: WorkerCache,
     checked: Sequence[CheckedRun],
     consoles: tuple[Console, Console],
     payload: dict[str, Any],
@@ -359,12 +359,14 @@ def _compute_sweep(
         Interrupted: Ctrl-C, after the summary of what finished.
         RunsFailed: some runs failed, after the summary.
     """
+    from jvpcli.runner import run_locally
+
     stdout, stderr = consoles
     runs = [run.spec for run in checked]
     interrupted = False
     try:
         with _SweepProgress(stderr, runs, quiet) as progress:
-            for outcome in session.run(checked, resume=resume, fail_fast=fail_fast):
+            for outcome in run_locally(checked, cache, resume=resume, fail_fast=fail_fast):
                 outcomes.append(outcome)
                 progress.finished(outcome)
     except KeyboardInterrupt:
@@ -454,9 +456,9 @@ def validate(
     stdout, stderr = _consoles()
     with _reporting(stdout, stderr, json_, debug, {"runs": []}):
         sweep = load_sweep(config, _overrides(set_))
-        from jvpcli.runner import Session
+        from jvpcli.runner import WorkerCache, plan_runs
 
-        checked = Session().check_all(sweep.runs, name_runs=sweep.is_sweep)
+        checked = plan_runs(sweep.runs, WorkerCache(), name_runs=sweep.is_sweep)
         if json_:
             _print_json(stdout, document(runs=[check_json(run) for run in checked]))
         elif not quiet:
@@ -507,12 +509,12 @@ def bench(
     stdout, stderr = _consoles()
     with _reporting(stdout, stderr, json_, debug, {"runs": []}):
         sweep = load_sweep(config, _overrides(set_))
-        from jvpcli.runner import Session
+        from jvpcli.runner import WorkerCache, bench_run, plan_runs
 
-        session = Session()
+        cache = WorkerCache()
         results = [
-            session.bench(checked, repeats)
-            for checked in session.check_all(sweep.runs, name_runs=sweep.is_sweep)
+            bench_run(checked, cache, repeats)
+            for checked in plan_runs(sweep.runs, cache, name_runs=sweep.is_sweep)
         ]
         if json_:
             _print_json(stdout, document(runs=[bench_json(result) for result in results]))

@@ -413,7 +413,7 @@ def check_view(checked: CheckedRun) -> RenderableType:
     table.add_column("tensor", style="bold", overflow="fold")
     table.add_column("shape")
     table.add_column("dtype")
-    parameters = checked.function.parameters or ()
+    parameters = checked.parameters or ()
     cast = f" → {spec.dtype}" if spec.dtype else ""
     for position, name in enumerate(checked.order):
         info = checked.inputs.tensors[name]

@@ -1,0 +1,245 @@
+"""Validation of one run's document into a :class:`~jvpcli.config.spec.RunSpec`, key by key as
+:data:`~jvpcli.config.keys.KEYS` declares them; every problem is a
+:class:`~jvpcli.errors.ConfigError` naming the file, line and column (or the option) at fault."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from jvpcli.config._messages import (
+    describe,
+    did_you_mean,
+    expect_string,
+    reject_unknown,
+    resolve_path,
+)
+from jvpcli.config.document import ConfigDocument, KeyPath
+from jvpcli.config.keys import DEVICE, FUNCTION_KEYS, IDENTIFIERS, KEYS, MAX_SEED, TOLERANCE_KEYS
+from jvpcli.config.spec import (
+    ExportedFunction,
+    FunctionSpec,
+    ModelFunction,
+    PlainFunction,
+    Reference,
+    RunSpec,
+    Tolerance,
+)
+from jvpcli.errors import ConfigError, display_path
+
+__all__ = ["NUMBER", "build_spec"]
+
+
+def build_spec(document: ConfigDocument) -> RunSpec:
+    """Validate a config document (of one run) into a :class:`RunSpec`.
+
+    Raises:
+        ConfigError: an unknown key (with a "did you mean"), a missing required key, a value of the
+            wrong type or outside its choices, or an output that would overwrite an input file.
+    """
+    data = document.data
+    reject_unknown(data, KEYS, (), document)
+    missing = [key for key, spec in KEYS.items() if spec.required and data.get(key) is None]
+    if missing:
+        hint = (
+            "" if document.config else " Give a CONFIG file, or --function, --inputs and --output."
+        )
+        raise ConfigError(
+            f"{document.origin}: missing required key{'s' if len(missing) > 1 else ''} "
+            + ", ".join(missing)
+            + "."
+            + hint
+        )
+    values = {key: _validate(key, data.get(key), document) for key in KEYS}
+    if values["name"] is None:
+        values["name"] = (document.config or values["output"]).stem
+    if values["tolerances"] is None:
+        values["tolerances"] = {}
+    # The keys are RunSpec's fields.
+    spec = RunSpec(**values, config=document.config)
+    _reject_overwriting_inputs(spec, document)
+    return spec
+
+
+def _validate(key: str, value: Any, document: ConfigDocument) -> Any:
+    spec = KEYS[key]
+    if value is None:
+        return spec.default
+    where = document.locate((key,))
+    if spec.kind == "function":
+        return _validate_function(value, document)
+    if spec.kind == "number":
+        return _validate_number(key, value, where, positive=spec.positive)
+    if spec.kind == "integer":
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+            raise ConfigError(
+                f"{where}: {key!r} must be a whole number from 0 to 2**64 - 1, not "
+                f"{describe(value)}."
+            )
+        return value
+    if spec.kind == "tolerances":
+        return _validate_tolerances(value, document)
+    if spec.kind == "boolean":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key!r} must be true or false, not {describe(value)}.")
+        return value
+    if spec.kind == "names":
+        if not isinstance(value, list) or not all(isinstance(n, str) and n for n in value):
+            raise ConfigError(
+                f"{where}: {key!r} must be a list of tensor names, e.g. [a, b]; "
+                f"got {describe(value)}."
+            )
+        duplicates = sorted({n for n in value if value.count(n) > 1})
+        if duplicates:
+            raise ConfigError(f"{where}: {key!r} names {', '.join(duplicates)} more than once.")
+        return tuple(value)
+    text = expect_string(key, value, where)
+    if spec.kind == "path":
+        return resolve_path(text, document.base_for((key,)))
+    if spec.kind == "choice":
+        if text not in spec.choices:
+            raise ConfigError(
+                f"{where}: {key!r} must be one of {', '.join(spec.choices)}; got {text!r}."
+                + did_you_mean(text, spec.choices)
+            )
+        return text
+    if spec.kind == "device":
+        if not DEVICE.fullmatch(text):
+            raise ConfigError(
+                f"{where}: {key!r} must be cpu, cuda, cuda:N, mps or auto; got {text!r}."
+            )
+        return text
+    return text
+
+
+NUMBER = re.compile(r"\+?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _validate_number(key: str, value: Any, where: str, *, positive: bool) -> float:
+    """A finite number at least 0 (above 0 if ``positive``). Strings that read as numbers are
+    numbers: YAML 1.1 reads ``1e-5`` (no dot) as a string."""
+    number: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value) if abs(value) < 1e308 else None
+    elif isinstance(value, str) and NUMBER.fullmatch(value.strip()):
+        number = float(value)
+    bound = "above 0" if positive else "at least 0"
+    if number is None or not math.isfinite(number) or number < 0 or (positive and number == 0):
+        raise ConfigError(
+            f"{where}: {key!r} must be a number {bound}, e.g. 1.0e-5; got {describe(value)}."
+        )
+    return number
+
+
+def _validate_tolerances(value: Any, document: ConfigDocument) -> dict[str, Tolerance]:
+    where = document.locate(("tolerances",))
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{where}: 'tolerances' must be a mapping of tensor names to {{rtol, atol}}, e.g. "
+            f"{{jvp: {{rtol: 1.0e-4}}}}; got {describe(value)}."
+        )
+    tolerances: dict[str, Tolerance] = {}
+    for name, bounds in value.items():
+        path = ("tolerances", str(name))
+        here = document.locate(path)
+        if not isinstance(name, str) or not TOLERANCE_KEYS.fullmatch(name):
+            raise ConfigError(
+                f"{here}: 'tolerances' names {describe(name)}, which is not a tensor of the "
+                "output file: write func_output or jvp (every tensor of that kind), or one "
+                "tensor such as jvp.1."
+            )
+        if not isinstance(bounds, dict) or not bounds:
+            raise ConfigError(
+                f"{here}: 'tolerances.{name}' must be a mapping with rtol and/or atol, e.g. "
+                f"{{rtol: 1.0e-4}}; got {describe(bounds)}."
+            )
+        reject_unknown(bounds, ("rtol", "atol"), path, document)
+        numbers = {
+            bound: _validate_number(
+                f"tolerances.{name}.{bound}",
+                number,
+                document.locate((*path, bound)),
+                positive=False,
+            )
+            for bound, number in bounds.items()
+        }
+        tolerances[name] = Tolerance(numbers.get("rtol"), numbers.get("atol"))
+    return tolerances
+
+
+def _validate_function(value: Any, document: ConfigDocument) -> FunctionSpec:
+    path: KeyPath = ("function",)
+    if isinstance(value, str):
+        return PlainFunction(_parse_reference(value, path, document))
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{document.locate(path)}: 'function' must be FILE.py:NAME, package.module:NAME or a "
+            f"mapping with target or exported; got {describe(value)}."
+        )
+    reject_unknown(value, FUNCTION_KEYS, path, document)
+    exported = value.get("exported")
+    target = value.get("target")
+    if exported is not None:
+        extra = [k for k in ("target", "init", "weights") if value.get(k) is not None]
+        if extra:
+            raise ConfigError(
+                f"{document.locate(path)}: 'function.exported' cannot be combined with "
+                f"{', '.join(extra)}: an exported archive holds its own code and weights."
+            )
+        where = document.locate((*path, "exported"))
+        text = expect_string("function.exported", exported, where)
+        return ExportedFunction(resolve_path(text, document.base_for((*path, "exported"))))
+    if target is None:
+        raise ConfigError(
+            f"{document.locate(path)}: 'function' needs target (an nn.Module class or factory, "
+            "FILE.py:NAME) or exported (a .pt2 archive)."
+        )
+    if not isinstance(target, str):
+        where = document.locate((*path, "target"))
+        raise ConfigError(
+            f"{where}: 'function.target' must be FILE.py:NAME or package.module:NAME, "
+            f"not {describe(target)}."
+        )
+    ref = _parse_reference(target, (*path, "target"), document)
+    init = value.get("init") or {}
+    if not isinstance(init, dict) or not all(isinstance(k, str) for k in init):
+        where = document.locate((*path, "init"))
+        raise ConfigError(
+            f"{where}: 'function.init' must be a mapping of keyword arguments, e.g. "
+            f"{{width: 32}}; got {describe(init)}."
+        )
+    weights = value.get("weights")
+    if weights is not None:
+        where = document.locate((*path, "weights"))
+        text = expect_string("function.weights", weights, where)
+        weights = resolve_path(text, document.base_for((*path, "weights")))
+    return ModelFunction(ref, init, weights)
+
+
+def _parse_reference(text: str, path: KeyPath, document: ConfigDocument) -> Reference:
+    where = document.locate(path)
+    key = ".".join(path)
+    module, colon, name = text.rpartition(":")
+    if not colon or not module or not IDENTIFIERS.fullmatch(name):
+        raise ConfigError(
+            f"{where}: {key!r} must look like FILE.py:NAME or package.module:NAME "
+            f"(e.g. models/fns.py:exp_reducer); got {text!r}."
+        )
+    base = document.base_for(path)
+    if module.endswith(".py"):
+        return Reference(str(resolve_path(module, base)), name, base)
+    if not IDENTIFIERS.fullmatch(module):
+        raise ConfigError(
+            f"{where}: {key!r}: {module!r} is neither a .py file nor a dotted module name."
+        )
+    return Reference(module, name, base)
+
+
+def _reject_overwriting_inputs(spec: RunSpec, document: ConfigDocument) -> None:
+    for key, path in spec.read_files().items():
+        if path == spec.output:
+            raise ConfigError(
+                f"{document.locate(('output',))}: 'output' is the same file as {key!r} "
+                f"({display_path(path)}); writing it would destroy an input."
+            )

@@ -1,0 +1,85 @@
+"""What the runs executed in one process share: :class:`WorkerCache`."""
+
+from __future__ import annotations
+
+import json
+from types import ModuleType
+
+import torch
+
+from jvpcli.config import RunSpec
+from jvpcli.errors import ConfigError
+from jvpcli.loading import LoadedFunction, load_function
+from jvpcli.reproducibility import seeded
+from jvpcli.tensors import FileCache
+
+__all__ = ["WorkerCache"]
+
+
+class WorkerCache:
+    """Per-process state shared by the runs a process executes: a sweep locally, or the tasks a
+    worker receives.
+
+    Each function module is imported once, each function built once per device, dtype and seed
+    (so a model is never cast under another run's feet), each device resolved once, and each
+    file's header, tensors and digest read once, by path (:class:`~jvpcli.tensors.FileCache`).
+    Nothing in it is ever sent between processes: a worker builds its own.
+    """
+
+    def __init__(self) -> None:
+        self.files = FileCache()
+        self._modules: dict[str, ModuleType] = {}
+        self._functions: dict[tuple[str, str, str | None, int | None], LoadedFunction] = {}
+        self._devices: dict[str, torch.device] = {}
+
+    def device(self, name: str) -> torch.device:
+        """The device a run's ``device`` names (``auto`` resolved).
+
+        Raises:
+            ConfigError: the device is not available here.
+        """
+        device = self._devices.get(name)
+        if device is None:
+            device = self._devices[name] = _resolve_device(name)
+        return device
+
+    def function(self, spec: RunSpec) -> LoadedFunction:
+        """The run's function, loaded (seeded by the run's ``seed``) the first time only.
+
+        Raises:
+            FunctionLoadError, TensorFileError: as :func:`~jvpcli.loading.load_function`.
+            ConfigError: the run's device is not available.
+        """
+        device = self.device(spec.device)
+        key = (
+            json.dumps(spec.settings()["function"], sort_keys=True),
+            str(device),
+            spec.dtype,
+            spec.seed,
+        )
+        function = self._functions.get(key)
+        if function is None:
+            with seeded(spec.seed, device):
+                function = load_function(spec.function, self._modules)
+            self._functions[key] = function
+        return function
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ConfigError(
+                f"device {name!r} is not available: this machine's torch {torch.__version__} "
+                f"sees {count} CUDA device{'s' if count != 1 else ''}. Use device: cpu or auto."
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {name!r} is not available here. Use device: cpu or auto.")
+    return device
