@@ -641,7 +641,8 @@ def test_schema_lists_every_config_key() -> None:
     schema = json.loads(result.stdout)
     assert schema["then"]["required"] == ["function", "inputs", "output"]
     assert set(schema["properties"]) == {
-        "name", "function", "inputs", "v", "output", "order", "strict", "create_graph",
+        "name", "function", "inputs", "v", "v_params", "outputs", "save_v", "output", "order",
+        "strict", "create_graph",
         "method", "dtype", "device", "batched_v", "expect", "rtol", "atol", "tolerances",
         "check", "fd_step", "fd_rtol", "fail_on_nonfinite", "seed", "deterministic", "sweep",
         "runs",

@@ -19,10 +19,14 @@ from jvpcli.config.document import ConfigDocument, Override, parse_assignment, r
 from jvpcli.config.keys import CHECKS, DTYPES, METHODS, TOLERANCE_KEYS
 from jvpcli.config.schema import json_schema
 from jvpcli.config.spec import (
+    DISTRIBUTIONS,
+    Direction,
     ExportedFunction,
     FunctionSpec,
     ModelFunction,
     PlainFunction,
+    PretrainedFunction,
+    RandomDirections,
     Reference,
     RunSpec,
     Shard,
@@ -34,15 +38,19 @@ from jvpcli.config.validate import build_spec
 
 __all__ = [
     "CHECKS",
+    "DISTRIBUTIONS",
     "DTYPES",
     "METHODS",
     "TOLERANCE_KEYS",
     "ConfigDocument",
+    "Direction",
     "ExportedFunction",
     "FunctionSpec",
     "ModelFunction",
     "Override",
     "PlainFunction",
+    "PretrainedFunction",
+    "RandomDirections",
     "Reference",
     "RunSpec",
     "Shard",

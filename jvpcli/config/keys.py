@@ -15,6 +15,7 @@ from typing import Any
 __all__ = [
     "CHECKS",
     "DEVICE",
+    "DIRECTION_KEYS",
     "DTYPES",
     "FUNCTION_KEYS",
     "IDENTIFIERS",
@@ -36,9 +37,9 @@ DTYPES: tuple[str, ...] = ("float16", "bfloat16", "float32", "float64")
 CHECKS: tuple[str, ...] = ("none", "finite-differences")
 """The values ``check`` accepts: no check, or each JVP against central finite differences."""
 
-TOLERANCE_KEYS = re.compile(r"(func_output|jvp)(\.\d+)?")
-"""The names ``tolerances`` accepts: a tensor of the output file (``jvp.1``), or every tensor of a
-kind (``jvp``: ``jvp``, ``jvp.0``, ``jvp.1``, ...)."""
+TOLERANCE_KEYS = re.compile(r"(func_output|jvp)(\.[^.\s]+)*")
+"""The names ``tolerances`` accepts: a tensor of the output file (``jvp.1``, ``jvp.logits``), or
+every tensor of a kind (``jvp``: ``jvp``, ``jvp.0``, ``jvp.logits``, ...)."""
 
 MAX_SEED = 2**64 - 1  # torch.manual_seed's largest seed
 
@@ -52,8 +53,8 @@ class Key:
 
     Attributes:
         kind: how its value is validated and described in the schema: ``string``, ``path``,
-            ``boolean``, ``choice``, ``names``, ``device``, ``function``, ``number``,
-            ``integer`` or ``tolerances``.
+            ``direction`` (a path or random directions), ``boolean``, ``choice``, ``names``,
+            ``device``, ``function``, ``number``, ``integer`` or ``tolerances``.
         description: its help text (the schema's description, the README's reference).
         required: whether every run must set it.
         default: its value when not set.
@@ -85,14 +86,32 @@ KEYS: dict[str, Key] = {
     ),
     "inputs": Key(
         "path",
-        "Safetensors file with the point at which to differentiate. Its tensors bind to the "
-        "function's positional parameters by name.",
+        "Safetensors file with the point at which to differentiate. Its tensors (of any dtype) "
+        "bind to the function's parameters by name: positional, keyword-only or **kwargs.",
         required=True,
     ),
     "v": Key(
-        "path",
-        "Safetensors file with the direction: the same tensor names, shapes and dtypes as "
-        "inputs. Omit only for a single one-element input.",
+        "direction",
+        "The direction for the inputs: a safetensors file of tangents for some of them, by "
+        "name, with their shapes and dtypes (the inputs it leaves out are constants), or random "
+        "directions {random: normal|rademacher, seed: 0, match: [GLOB, ...], k: K}. Omit to hold "
+        "every input constant (or, without v_params, for a single one-element input along 1).",
+    ),
+    "v_params": Key(
+        "direction",
+        "The direction for the model's parameters, by state-dict name: a safetensors file of "
+        "tangents for some of them (the others are constants), or random directions like v's. "
+        "The JVP is taken along v and v_params together.",
+    ),
+    "outputs": Key(
+        "names",
+        "Keep only these output leaves, by dotted path (logits, hidden_states.2; a path keeps "
+        "everything below it). Default: every tensor the function returns.",
+    ),
+    "save_v": Key(
+        "boolean",
+        "Also write the directions into the output file, as v.NAME and v_params.NAME.",
+        default=False,
     ),
     "output": Key(
         "path", "Safetensors file to write func_output and jvp to (atomically).", required=True
@@ -191,10 +210,23 @@ SWEEP_KEYS: dict[str, str] = {
     "name).",
 }
 
+DIRECTION_KEYS: dict[str, str] = {
+    "random": "The distribution: normal (standard normal) or rademacher (±1 with equal odds).",
+    "seed": "With each tensor's name, decides its direction: the same on every machine for one "
+    "torch version.",
+    "match": "Glob patterns (fnmatch) choosing the tensors that get a direction, e.g. "
+    "['*.weight']. Default: every floating-point input, or every parameter.",
+    "k": "With batched_v: how many directions per tensor.",
+}
+
 FUNCTION_KEYS: dict[str, str] = {
     "target": "FILE.py:NAME or package.module:NAME of an nn.Module class or factory.",
     "init": "Keyword arguments target is called with.",
     "weights": "Safetensors state dict, loaded strictly; the model is then put in eval mode "
     "with its weights frozen.",
     "exported": "A torch.export archive (.pt2): no Python source needed.",
+    "pretrained": "A model folder as save_pretrained writes it (config.json and safetensors "
+    "weights), loaded offline, in eval mode with its weights frozen.",
+    "class": "With pretrained: the class whose from_pretrained loads the folder, "
+    "package.module:NAME or FILE.py:NAME. Default: transformers:AutoModel.",
 }

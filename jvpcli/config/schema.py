@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from jvpcli.config.keys import DEVICE, FUNCTION_KEYS, KEYS, MAX_SEED, SWEEP_KEYS, TOLERANCE_KEYS
+from jvpcli.config.keys import (
+    DEVICE,
+    DIRECTION_KEYS,
+    FUNCTION_KEYS,
+    KEYS,
+    MAX_SEED,
+    SWEEP_KEYS,
+    TOLERANCE_KEYS,
+)
+from jvpcli.config.spec import DISTRIBUTIONS
 from jvpcli.config.validate import NUMBER
 
 __all__ = ["json_schema"]
@@ -43,7 +52,47 @@ def json_schema() -> dict[str, Any]:
                     "exported": {"type": "string", "description": FUNCTION_KEYS["exported"]}
                 },
             },
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["pretrained"],
+                "properties": {
+                    "pretrained": {"type": "string", "description": FUNCTION_KEYS["pretrained"]},
+                    "class": {**reference, "description": FUNCTION_KEYS["class"]},
+                    "init": {"type": "object", "description": FUNCTION_KEYS["init"]},
+                },
+            },
         ],
+    }
+    direction_schema = {
+        "anyOf": [
+            {"type": "string", "minLength": 1},
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["random", "seed"],
+                "properties": {
+                    "random": {
+                        "enum": list(DISTRIBUTIONS),
+                        "description": DIRECTION_KEYS["random"],
+                    },
+                    "seed": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "maximum": MAX_SEED,
+                        "description": DIRECTION_KEYS["seed"],
+                    },
+                    "match": {
+                        "anyOf": [
+                            {"type": "string", "minLength": 1},
+                            {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                        ],
+                        "description": DIRECTION_KEYS["match"],
+                    },
+                    "k": {"type": "integer", "minimum": 1, "description": DIRECTION_KEYS["k"]},
+                },
+            },
+        ]
     }
     number = {
         "anyOf": [
@@ -74,6 +123,8 @@ def json_schema() -> dict[str, Any]:
             schema.update(type="integer", minimum=0, maximum=MAX_SEED)
         elif spec.kind == "tolerances":
             schema.update(tolerances_schema)
+        elif spec.kind == "direction":
+            schema.update(direction_schema)
         elif spec.kind == "boolean":
             schema["type"] = "boolean"
         elif spec.kind == "names":

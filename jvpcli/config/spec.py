@@ -7,6 +7,7 @@ shipped to another process as it is.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,10 +17,14 @@ from typing import Any, TypeVar
 from jvpcli.errors import ConfigError, display_path
 
 __all__ = [
+    "DISTRIBUTIONS",
+    "Direction",
     "ExportedFunction",
     "FunctionSpec",
     "ModelFunction",
     "PlainFunction",
+    "PretrainedFunction",
+    "RandomDirections",
     "Reference",
     "RunSpec",
     "Shard",
@@ -88,7 +93,70 @@ class ExportedFunction:
         return display_path(self.archive)
 
 
-FunctionSpec = PlainFunction | ModelFunction | ExportedFunction
+@dataclass(frozen=True)
+class PretrainedFunction:
+    """``function: {pretrained: FOLDER, class, init}``: a model folder as ``save_pretrained``
+    writes it (``config.json`` and safetensors weights), loaded offline with
+    ``CLASS.from_pretrained(FOLDER, **init)``.
+
+    Attributes:
+        folder: the model folder.
+        cls: the class whose ``from_pretrained`` loads it, or ``None`` for
+            ``transformers:AutoModel``.
+        init: keyword arguments for ``from_pretrained``.
+    """
+
+    folder: Path
+    cls: Reference | None = None
+    init: Mapping[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return display_path(self.folder)
+
+
+FunctionSpec = PlainFunction | ModelFunction | ExportedFunction | PretrainedFunction
+
+DISTRIBUTIONS: tuple[str, ...] = ("normal", "rademacher")
+"""The distributions random directions are drawn from: standard normal, or ±1 with equal odds."""
+
+
+@dataclass(frozen=True)
+class RandomDirections:
+    """``v`` or ``v_params`` given as ``{random: normal|rademacher, seed, match, k}``: a random
+    direction for every candidate tensor (floating-point inputs, or parameters) that ``match``
+    selects.
+
+    Attributes:
+        distribution: one of :data:`DISTRIBUTIONS`.
+        seed: with a tensor's name, it decides that tensor's direction.
+        match: ``fnmatch`` glob patterns on tensor names; ``None``: every candidate.
+        k: with ``batched_v``, how many directions per tensor; ``None``: one.
+    """
+
+    distribution: str
+    seed: int
+    match: tuple[str, ...] | None = None
+    k: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The spec as the config writes it, for metadata and fingerprints."""
+        spec: dict[str, Any] = {"random": self.distribution, "seed": self.seed}
+        if self.match is not None:
+            spec["match"] = list(self.match)
+        if self.k is not None:
+            spec["k"] = self.k
+        return spec
+
+    def spec_text(self) -> str:
+        """:meth:`as_json` as canonical JSON text."""
+        return json.dumps(self.as_json(), sort_keys=True)
+
+    def __str__(self) -> str:
+        return self.spec_text()
+
+
+Direction = Path | RandomDirections
+"""A direction for inputs or parameters: a safetensors file of tangents, or random ones."""
 
 
 @dataclass(frozen=True)
@@ -113,8 +181,13 @@ class RunSpec:
         name: the run's label in summaries (the config file's stem unless the config sets it).
         function: what to differentiate.
         inputs: the safetensors file holding the point at which to differentiate.
-        v: the safetensors file holding the direction, with the same tensor names as ``inputs``;
-            ``None`` only for a single one-element input.
+        v: the direction for the inputs: a safetensors file of tangents for some of them (the
+            others are constants), or random directions; ``None``: no input is differentiated
+            (or, without ``v_params``, a single one-element input along 1).
+        v_params: the direction for the model's parameters, by state-dict name: a safetensors
+            file or random directions; ``None``: the parameters are constants.
+        outputs: the dotted paths of the output leaves to keep (``logits``), or ``None``: all.
+        save_v: also write the directions into the output (``v.NAME``, ``v_params.NAME``).
         output: where ``func_output`` and ``jvp`` are written.
         order: the order in which the tensors in ``inputs`` are passed, when their names do not
             match the function's parameters.
@@ -141,7 +214,10 @@ class RunSpec:
     function: FunctionSpec
     inputs: Path
     output: Path
-    v: Path | None = None
+    v: Direction | None = None
+    v_params: Direction | None = None
+    outputs: tuple[str, ...] | None = None
+    save_v: bool = False
     order: tuple[str, ...] | None = None
     strict: bool = False
     create_graph: bool = False
@@ -177,12 +253,18 @@ class RunSpec:
                 "init": dict(self.function.init),
                 "weights": None if self.function.weights is None else str(self.function.weights),
             }
+        elif isinstance(self.function, PretrainedFunction):
+            function = {
+                "pretrained": str(self.function.folder),
+                "class": None if self.function.cls is None else _reference_text(self.function.cls),
+                "init": dict(self.function.init),
+            }
         else:
             function = {"target": _reference_text(self.function.ref)}
-        return {
+        settings = {
             "function": function,
             "inputs": str(self.inputs),
-            "v": None if self.v is None else str(self.v),
+            "v": _direction_json(self.v),
             "order": None if self.order is None else list(self.order),
             "strict": self.strict,
             "create_graph": self.create_graph,
@@ -193,6 +275,15 @@ class RunSpec:
             "seed": self.seed,
             "deterministic": self.deterministic,
         }
+        # Keys added later are recorded only when set, so that results written before them
+        # keep their fingerprint.
+        if self.v_params is not None:
+            settings["v_params"] = _direction_json(self.v_params)
+        if self.outputs is not None:
+            settings["outputs"] = list(self.outputs)
+        if self.save_v:
+            settings["save_v"] = True
+        return settings
 
     def tolerance(self, key: str) -> Tolerance:
         """The golden comparison's bounds for the output file's tensor ``key`` (e.g. ``jvp.1``):
@@ -210,11 +301,21 @@ class RunSpec:
         )
 
     def read_files(self) -> dict[str, Path]:
-        """The files the run reads, by the key that names them (``inputs``, ``v``, ``function``
-        for a ``.py`` file, ``function.weights``, ``function.exported``, ``expect``)."""
-        files = {"inputs": self.inputs, "v": self.v, "expect": self.expect}
+        """The files the run reads, by the key that names them (``inputs``, ``v``, ``v_params``,
+        ``function`` for a ``.py`` file, ``function.weights``, ``function.exported``,
+        ``function.pretrained`` (a folder), ``expect``)."""
+        files = {
+            "inputs": self.inputs,
+            "v": self.v if isinstance(self.v, Path) else None,
+            "v_params": self.v_params if isinstance(self.v_params, Path) else None,
+            "expect": self.expect,
+        }
         if isinstance(self.function, ExportedFunction):
             files["function.exported"] = self.function.archive
+        elif isinstance(self.function, PretrainedFunction):
+            files["function.pretrained"] = self.function.folder
+            if self.function.cls is not None and self.function.cls.is_file:
+                files["function.class"] = Path(self.function.cls.module)
         else:
             if self.function.ref.is_file:
                 files["function"] = Path(self.function.ref.module)
@@ -225,6 +326,12 @@ class RunSpec:
 
 def _reference_text(ref: Reference) -> str:
     return f"{ref.module}:{ref.name}"
+
+
+def _direction_json(direction: Direction | None) -> Any:
+    if isinstance(direction, RandomDirections):
+        return direction.as_json()
+    return None if direction is None else str(direction)
 
 
 @dataclass(frozen=True)

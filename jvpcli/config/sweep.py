@@ -219,8 +219,10 @@ def _label(key: str, value: Any) -> str:
         text = key if value else f"no-{key}"
     elif key == "function":
         text = _function_label(value)
-    elif KEYS[key].kind == "path" and isinstance(value, str):
+    elif KEYS[key].kind in ("path", "direction") and isinstance(value, str):
         text = PurePath(value).stem
+    elif KEYS[key].kind == "direction" and isinstance(value, dict):
+        text = "-".join(str(value[part]) for part in ("random", "seed", "k") if part in value)
     elif isinstance(value, list):
         text = "+".join(str(item) for item in value)
     else:

@@ -16,12 +16,23 @@ from jvpcli.config._messages import (
     resolve_path,
 )
 from jvpcli.config.document import ConfigDocument, KeyPath
-from jvpcli.config.keys import DEVICE, FUNCTION_KEYS, IDENTIFIERS, KEYS, MAX_SEED, TOLERANCE_KEYS
+from jvpcli.config.keys import (
+    DEVICE,
+    DIRECTION_KEYS,
+    FUNCTION_KEYS,
+    IDENTIFIERS,
+    KEYS,
+    MAX_SEED,
+    TOLERANCE_KEYS,
+)
 from jvpcli.config.spec import (
+    DISTRIBUTIONS,
     ExportedFunction,
     FunctionSpec,
     ModelFunction,
     PlainFunction,
+    PretrainedFunction,
+    RandomDirections,
     Reference,
     RunSpec,
     Tolerance,
@@ -80,6 +91,8 @@ def _validate(key: str, value: Any, document: ConfigDocument) -> Any:
         return value
     if spec.kind == "tolerances":
         return _validate_tolerances(value, document)
+    if spec.kind == "direction" and isinstance(value, dict):
+        return _validate_random(key, value, document)
     if spec.kind == "boolean":
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: {key!r} must be true or false, not {describe(value)}.")
@@ -95,7 +108,7 @@ def _validate(key: str, value: Any, document: ConfigDocument) -> Any:
             raise ConfigError(f"{where}: {key!r} names {', '.join(duplicates)} more than once.")
         return tuple(value)
     text = expect_string(key, value, where)
-    if spec.kind == "path":
+    if spec.kind in ("path", "direction"):
         return resolve_path(text, document.base_for((key,)))
     if spec.kind == "choice":
         if text not in spec.choices:
@@ -168,6 +181,63 @@ def _validate_tolerances(value: Any, document: ConfigDocument) -> dict[str, Tole
     return tolerances
 
 
+def _validate_random(key: str, value: Any, document: ConfigDocument) -> RandomDirections:
+    where = document.locate((key,))
+    example = "{random: normal, seed: 0}"
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{where}: {key!r} must be a safetensors file or random directions, e.g. "
+            f"{example}; got {describe(value)}."
+        )
+    reject_unknown(value, DIRECTION_KEYS, (key,), document)
+    missing = [part for part in ("random", "seed") if value.get(part) is None]
+    if missing:
+        raise ConfigError(
+            f"{where}: random directions in {key!r} need {' and '.join(missing)}, e.g. {example}."
+        )
+    distribution = value["random"]
+    if distribution not in DISTRIBUTIONS:
+        raise ConfigError(
+            f"{document.locate((key, 'random'))}: '{key}.random' must be one of "
+            f"{', '.join(DISTRIBUTIONS)}; got {describe(distribution)}."
+            + (did_you_mean(distribution, DISTRIBUTIONS) if isinstance(distribution, str) else "")
+        )
+    seed = value["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(
+            f"{document.locate((key, 'seed'))}: '{key}.seed' must be a whole number from 0 to "
+            f"2**64 - 1, not {describe(seed)}."
+        )
+    match = value.get("match")
+    if isinstance(match, str):
+        match = [match]
+    if match is not None and (
+        not isinstance(match, list) or not match or not all(isinstance(m, str) and m for m in match)
+    ):
+        raise ConfigError(
+            f"{document.locate((key, 'match'))}: '{key}.match' must be a glob pattern or a list "
+            f"of them, e.g. ['*.weight']; got {describe(value.get('match'))}."
+        )
+    k = value.get("k")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 1 << 20):
+        raise ConfigError(
+            f"{document.locate((key, 'k'))}: '{key}.k' must be a whole number of directions from "
+            f"1 to {1 << 20}, not {describe(k)}."
+        )
+    batched = document.data.get("batched_v") is True
+    if k is not None and not batched:
+        raise ConfigError(
+            f"{document.locate((key, 'k'))}: '{key}.k' draws K directions, which needs "
+            "batched_v: true."
+        )
+    if k is None and batched:
+        raise ConfigError(
+            f"{where}: with batched_v, random directions in {key!r} need k, the number of "
+            f"directions, e.g. {{random: normal, seed: 0, k: 32}}."
+        )
+    return RandomDirections(distribution, seed, None if match is None else tuple(match), k)
+
+
 def _validate_function(value: Any, document: ConfigDocument) -> FunctionSpec:
     path: KeyPath = ("function",)
     if isinstance(value, str):
@@ -175,11 +245,20 @@ def _validate_function(value: Any, document: ConfigDocument) -> FunctionSpec:
     if not isinstance(value, dict):
         raise ConfigError(
             f"{document.locate(path)}: 'function' must be FILE.py:NAME, package.module:NAME or a "
-            f"mapping with target or exported; got {describe(value)}."
+            f"mapping with target, exported or pretrained; got {describe(value)}."
         )
     reject_unknown(value, FUNCTION_KEYS, path, document)
     exported = value.get("exported")
     target = value.get("target")
+    if value.get("pretrained") is not None:
+        return _validate_pretrained(value, document)
+    extra = [k for k in ("class",) if value.get(k) is not None]
+    if extra:
+        raise ConfigError(
+            f"{document.locate((*path, 'class'))}: 'function.class' names the class that loads a "
+            "pretrained folder; it needs function.pretrained. To build a model from a class, "
+            "write function.target."
+        )
     if exported is not None:
         extra = [k for k in ("target", "init", "weights") if value.get(k) is not None]
         if extra:
@@ -193,7 +272,7 @@ def _validate_function(value: Any, document: ConfigDocument) -> FunctionSpec:
     if target is None:
         raise ConfigError(
             f"{document.locate(path)}: 'function' needs target (an nn.Module class or factory, "
-            "FILE.py:NAME) or exported (a .pt2 archive)."
+            "FILE.py:NAME), exported (a .pt2 archive) or pretrained (a model folder)."
         )
     if not isinstance(target, str):
         where = document.locate((*path, "target"))
@@ -202,19 +281,43 @@ def _validate_function(value: Any, document: ConfigDocument) -> FunctionSpec:
             f"not {describe(target)}."
         )
     ref = _parse_reference(target, (*path, "target"), document)
-    init = value.get("init") or {}
-    if not isinstance(init, dict) or not all(isinstance(k, str) for k in init):
-        where = document.locate((*path, "init"))
-        raise ConfigError(
-            f"{where}: 'function.init' must be a mapping of keyword arguments, e.g. "
-            f"{{width: 32}}; got {describe(init)}."
-        )
+    init = _validate_init(value, document)
     weights = value.get("weights")
     if weights is not None:
         where = document.locate((*path, "weights"))
         text = expect_string("function.weights", weights, where)
         weights = resolve_path(text, document.base_for((*path, "weights")))
     return ModelFunction(ref, init, weights)
+
+
+def _validate_pretrained(value: dict[str, Any], document: ConfigDocument) -> PretrainedFunction:
+    path: KeyPath = ("function",)
+    extra = [k for k in ("target", "weights", "exported") if value.get(k) is not None]
+    if extra:
+        raise ConfigError(
+            f"{document.locate(path)}: 'function.pretrained' cannot be combined with "
+            f"{', '.join(extra)}: a pretrained folder holds its own configuration and weights."
+        )
+    where = document.locate((*path, "pretrained"))
+    text = expect_string("function.pretrained", value["pretrained"], where)
+    folder = resolve_path(text, document.base_for((*path, "pretrained")))
+    cls = value.get("class")
+    ref = None
+    if cls is not None:
+        cls = expect_string("function.class", cls, document.locate((*path, "class")))
+        ref = _parse_reference(cls, (*path, "class"), document)
+    return PretrainedFunction(folder, ref, _validate_init(value, document))
+
+
+def _validate_init(value: dict[str, Any], document: ConfigDocument) -> dict[str, Any]:
+    init = value.get("init") or {}
+    if not isinstance(init, dict) or not all(isinstance(k, str) for k in init):
+        where = document.locate(("function", "init"))
+        raise ConfigError(
+            f"{where}: 'function.init' must be a mapping of keyword arguments, e.g. "
+            f"{{width: 32}}; got {describe(init)}."
+        )
+    return init
 
 
 def _parse_reference(text: str, path: KeyPath, document: ConfigDocument) -> Reference:
