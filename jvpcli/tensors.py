@@ -9,6 +9,7 @@ are read: nothing is ever unpickled. Errors raise :class:`~jvpcli.errors.TensorF
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
@@ -26,13 +27,14 @@ from jvpcli.errors import TensorFileError, display_path, format_shape
 from jvpcli.files import write_atomically
 
 __all__ = [
+    "Binding",
     "FileCache",
     "TensorFileHeader",
     "TensorInfo",
     "TensorStats",
     "bind_inputs",
-    "check_differentiable",
     "check_tangents",
+    "is_floating",
     "read_header",
     "read_tensors",
     "sha256_file",
@@ -311,18 +313,37 @@ class FileCache:
         self._tensors.pop(path, None)
 
 
+@dataclass(frozen=True)
+class Binding:
+    """How the tensors of an inputs file are passed to the function.
+
+    Attributes:
+        positional: the tensors passed positionally, in order.
+        keyword: the tensors passed by keyword (their names are the parameters' names).
+    """
+
+    positional: tuple[str, ...]
+    keyword: tuple[str, ...] = ()
+
+
 def bind_inputs(
     inputs: TensorFileHeader,
     parameters: Sequence[str] | None,
     required: int,
     order: Sequence[str] | None,
     function: str,
-) -> tuple[str, ...]:
-    """Decide which tensor of ``inputs`` feeds which positional parameter of the function.
+    *,
+    keywords: Sequence[str] = (),
+    var_keyword: bool = False,
+) -> Binding:
+    """Decide which tensor of ``inputs`` feeds which parameter of the function.
 
     Tensors bind by name: ``a`` and ``b`` feed ``def f(a, b)`` in that order, whatever their order
-    in the file. A single tensor feeds a one-parameter function whatever its name. An explicit
-    ``order`` lists the tensors in the order they are passed, for everything else.
+    in the file. The tensors named after the function's leading positional parameters are passed
+    positionally; the others by keyword (to a parameter of that name, keyword-only or not, or to
+    ``**kwargs``), so that ``forward(self, input_ids=None, attention_mask=None, ...)`` takes
+    ``attention_mask`` alone. A single tensor feeds a one-parameter function whatever its name.
+    An explicit ``order`` lists the tensors in the order they are passed positionally.
 
     Args:
         inputs: the header of the inputs file.
@@ -331,17 +352,21 @@ def bind_inputs(
         required: how many of them have no default.
         order: the config's ``order``, or ``None``.
         function: how messages name the function.
+        keywords: the names of its keyword-only parameters.
+        var_keyword: whether it takes ``**kwargs``.
 
     Returns:
-        The tensor names in the order they are passed.
+        The binding: the tensors passed positionally, in order, and those passed by keyword.
 
     Raises:
-        TensorFileError: ``order`` does not list exactly the file's tensors; the tensors'
-            names do not match the parameters; the file holds too few or too many tensors.
+        TensorFileError: ``order`` does not list exactly the file's tensors; a tensor's name
+            matches no parameter; a parameter without a default gets no tensor; the file holds
+            too many tensors.
     """
     names = tuple(inputs.tensors)
     if not names:
         raise TensorFileError(f"{inputs.shown} holds no tensors.")
+    accepted = (*(parameters or ()), *keywords)
     if order is not None:
         missing = [n for n in order if n not in inputs.tensors]
         left_out = [n for n in names if n not in order]
@@ -355,9 +380,9 @@ def bind_inputs(
                 f"{inputs.shown}: {'; '.join(problems)}. order must list each of its tensors "
                 f"({_listing(names)}) once."
             )
-        bound = tuple(order)
-    elif len(names) == 1:
-        bound = names
+        binding = Binding(tuple(order))
+    elif len(names) == 1 and names[0] not in accepted and not var_keyword:
+        binding = Binding(names)
     elif parameters is None:
         raise TensorFileError(
             f"{inputs.shown} holds {len(names)} tensors ({_listing(names)}), and the parameter "
@@ -365,52 +390,48 @@ def bind_inputs(
             "it takes them with order: [...]."
         )
     else:
-        strangers = [n for n in names if n not in parameters]
+        strangers = [] if var_keyword else [n for n in names if n not in accepted]
         if strangers:
             raise TensorFileError(
                 f"{inputs.shown} holds {_listing(strangers)}, which {function}"
-                f"({', '.join(parameters)}) has no parameter for. Name the tensors after the "
-                "parameters, or list them in the order it takes them with order: [...]."
+                f"({_signature(parameters, keywords)}) has no parameter for. Name the tensors "
+                "after the parameters, or list them in the order it takes them with order: [...]."
             )
-        bound = tuple(p for p in parameters if p in inputs.tensors)
-        gaps = [p for p in parameters[: len(bound)] if p not in inputs.tensors]
-        if gaps:
+        positional: list[str] = []
+        for parameter in parameters:
+            if parameter not in inputs.tensors:
+                break
+            positional.append(parameter)
+        ranked = {name: rank for rank, name in enumerate(accepted)}
+        keyword = sorted(
+            (n for n in names if n not in positional), key=lambda n: ranked.get(n, len(ranked))
+        )
+        binding = Binding(tuple(positional), tuple(keyword))
+        gaps = [p for p in parameters[:required] if p not in inputs.tensors]
+        if gaps and len(names) >= required:
             raise TensorFileError(
                 f"{inputs.shown} has no tensor for parameter {_listing(gaps)} of {function}"
-                f"({', '.join(parameters)}), which comes before {bound[-1]!r}: tensors are "
-                "passed positionally."
+                f"({_signature(parameters, keywords)}), which has no default."
             )
     if parameters is not None:
+        bound = (*binding.positional, *binding.keyword)
         if len(bound) < required:
             raise TensorFileError(
                 f"{function}({', '.join(parameters)}) needs {required} tensor"
                 f"{'s' if required > 1 else ''}, but {inputs.shown} holds {len(bound)} "
                 f"({_listing(bound)})."
             )
-        if len(bound) > len(parameters):
+        if len(binding.positional) > len(parameters):
             raise TensorFileError(
                 f"{function}({', '.join(parameters)}) takes at most {len(parameters)} tensor"
-                f"{'s' if len(parameters) != 1 else ''}, but {inputs.shown} holds {len(bound)} "
-                f"({_listing(bound)})."
+                f"{'s' if len(parameters) != 1 else ''}, but {inputs.shown} holds "
+                f"{len(binding.positional)} ({_listing(binding.positional)})."
             )
-    return bound
+    return binding
 
 
-def check_differentiable(header: TensorFileHeader, cast: str | None) -> None:
-    """Check that every tensor of ``header`` is floating-point (or complex) once cast to ``cast``.
-
-    Raises:
-        TensorFileError: a tensor is an integer, bool or float8 tensor and no cast applies.
-    """
-    if cast is not None:
-        return
-    for info in header.tensors.values():
-        if info.dtype not in _DIFFERENTIABLE:
-            raise TensorFileError(
-                f"{header.shown}: tensor {info.name!r} is {info.dtype}, but a JVP needs "
-                "floating-point inputs. Store it as a float tensor, or set dtype (e.g. "
-                "--dtype float32) to cast it."
-            )
+def _signature(parameters: Sequence[str], keywords: Sequence[str]) -> str:
+    return ", ".join((*parameters, *(("*", *keywords) if keywords else ())))
 
 
 def check_tangents(
@@ -418,44 +439,61 @@ def check_tangents(
     v: TensorFileHeader | None,
     cast: str | None,
     batched: bool = False,
-) -> None:
-    """Check that ``v`` holds a tangent for each input: the same names, shapes and dtypes.
+    *,
+    parameters_too: bool = False,
+) -> tuple[str, ...]:
+    """Check that ``v`` holds tangents for some of the inputs: their names, shapes and dtypes.
 
     Args:
         inputs: the header of the inputs file.
         v: the header of the v file, or ``None`` when ``v`` is omitted.
-        cast: the dtype both are cast to, or ``None``.
+        cast: the dtype floating-point inputs and tangents are cast to, or ``None``.
         batched: whether ``v`` holds K directions per input (``batched_v``): each tensor's
             shape is then ``(K, *input shape)``, with one K (at least 1) for all of them.
+        parameters_too: whether the run also has tangents for parameters (``v_params``), so that
+            ``v`` may be omitted with every input constant.
+
+    Returns:
+        The names of the inputs that get a tangent (the others are constants), in the inputs'
+        order.
 
     Raises:
-        TensorFileError: ``v`` is omitted for anything but a single one-element input, or its
-            tensors differ from the inputs in names, shapes or dtypes.
+        TensorFileError: ``v`` is omitted for anything but a single one-element floating-point
+            input (and no ``v_params``); it names a tensor the inputs do not hold, or an integer
+            or bool input; its tensors differ from their inputs in shape or dtype.
     """
     if v is None:
+        if parameters_too:
+            return ()
         infos = list(inputs.tensors.values())
         if len(infos) != 1 or math.prod(infos[0].shape) != 1:
             raise TensorFileError(
-                f"v is missing: it may be omitted only for a single one-element input, and "
-                f"{inputs.shown} holds {_describe_tensors(infos)}."
+                f"v is missing: it may be omitted only for a single one-element input (or with "
+                f"v_params, to hold every input constant), and {inputs.shown} holds "
+                f"{_describe_tensors(infos)}."
             )
-        return
-    missing = [n for n in inputs.tensors if n not in v.tensors]
+        _check_differentiable(inputs, infos[0], None)
+        return (infos[0].name,)
     extra = [n for n in v.tensors if n not in inputs.tensors]
-    if missing or extra:
-        problems = []
-        if missing:
-            problems.append(f"it has no tensor {_listing(missing)}")
-        if extra:
-            problems.append(f"it holds {_listing(extra)}, which the inputs do not")
+    if extra:
+        hints = [
+            f" Did you mean {close[0]!r} for {name!r}?"
+            for name in extra
+            if (close := difflib.get_close_matches(name, list(inputs.tensors), n=1))
+        ]
         raise TensorFileError(
-            f"{v.shown} must hold the same tensor names as {inputs.shown}, but "
-            + "; ".join(problems)
-            + "."
+            f"{v.shown} holds {_listing(extra)}, which {inputs.shown} does not: each tangent "
+            f"must be named after the input it belongs to ({_listing(list(inputs.tensors))})."
+            + "".join(hints[:3])
         )
+    if not v.tensors:
+        raise TensorFileError(f"{v.shown} holds no tensors: name the inputs to differentiate.")
     directions: tuple[str, int] | None = None
     for name, info in inputs.tensors.items():
+        if name not in v.tensors:
+            continue
         tangent = v.tensors[name]
+        _check_differentiable(inputs, info, v)
         if batched:
             if tangent.shape[1:] != info.shape or tangent.shape[:1] in ((), (0,)):
                 raise TensorFileError(
@@ -484,6 +522,25 @@ def check_tangents(
                 f"{v.shown}: tensor {name!r} is {tangent.dtype}, but the input {name!r} is "
                 f"{info.dtype}. Store them with one dtype, or set dtype to cast both."
             )
+    return tuple(name for name in inputs.tensors if name in v.tensors)
+
+
+def is_floating(dtype: str) -> bool:
+    """Whether tensors of the dtype named ``dtype`` can carry a tangent (and are cast by the
+    run's ``dtype``): floating point or complex."""
+    return dtype in _DIFFERENTIABLE
+
+
+def _check_differentiable(
+    inputs: TensorFileHeader, info: TensorInfo, v: TensorFileHeader | None
+) -> None:
+    if info.dtype not in _DIFFERENTIABLE:
+        given = f"{v.shown} gives a tangent for it" if v is not None else "v is omitted"
+        raise TensorFileError(
+            f"{inputs.shown}: tensor {info.name!r} is {info.dtype}, but {given}: a JVP needs "
+            "floating-point inputs. Integer and bool inputs (token ids, masks) are passed as "
+            f"constants: leave {info.name!r} out of v."
+        )
 
 
 def write_tensors(
