@@ -1,4 +1,5 @@
-"""Regenerate the sample data in samples/data: inputs, tangents, weights and the exported archive.
+"""Regenerate the sample data in samples/data: inputs, tangents, weights and the exported archive;
+and the tiny GPT-2 folder in samples/models (it needs transformers: ``pip install 'jvpcli[hf]'``).
 
 Run ``python samples/generate.py`` from anywhere; every value comes from a fixed seed, so the
 tensors are the same each time.
@@ -6,6 +7,7 @@ tensors are the same each time.
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from safetensors.torch import save_file
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
+MODELS = HERE / "models"
 sys.path.insert(0, str(HERE))
 
 from models import SmallCNN, TinyMLP, transformer_encoder_layer  # noqa: E402
@@ -69,6 +72,37 @@ def main() -> None:
 
     save("custom_function_inputs", {"x": normal(12, 3, 6)})
     save("custom_function_v", {"x": normal(13, 3, 6)})
+
+    tiny_gpt2(MODELS / "tiny-gpt2", seed=15)
+    # Two sequences of 8 embeddings; the second is padded (its last 3 positions masked out).
+    mask = torch.ones(2, 8, dtype=torch.int64)
+    mask[1, 5:] = 0
+    save("gpt2_batch", {"inputs_embeds": normal(16, 2, 8, 32), "attention_mask": mask})
+    # A direction for the embeddings only: the mask is a constant.
+    save("gpt2_v", {"inputs_embeds": normal(17, 2, 8, 32)})
+
+
+def tiny_gpt2(folder: Path, seed: int) -> None:
+    """Write a randomly initialised two-layer GPT-2 (about 130 KB) as a save_pretrained folder."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        vocab_size=128,
+        n_positions=64,
+        # Token ids inside the tiny vocabulary (GPT-2's own, 50256, is not): transformers warns
+        # about ids outside it on every load.
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(config)
+    shutil.rmtree(folder, ignore_errors=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    # Generation settings: a forward pass never reads them.
+    (folder / "generation_config.json").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
