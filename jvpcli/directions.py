@@ -16,109 +16,13 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 
+from jvpcli.config import DISTRIBUTIONS, RandomDirections
+
 __all__ = ["DISTRIBUTIONS", "RandomDirections", "draw", "select"]
-
-DISTRIBUTIONS = ("normal", "rademacher")
-"""The distributions a direction can be drawn from: standard normal, or ±1 with equal odds."""
-
-_KEYS = ("random", "seed", "match", "k")
-
-
-@dataclass(frozen=True)
-class RandomDirections:
-    """A spec for random directions: ``{random: normal|rademacher, seed, match, k}``.
-
-    Attributes:
-        distribution: ``"normal"`` (standard normal entries) or ``"rademacher"`` (±1 entries).
-        seed: the seed; with a tensor's name it decides that tensor's direction.
-        match: ``fnmatch`` glob patterns on tensor names (case-sensitive); a name is selected
-            when any pattern matches it. ``None``: every candidate.
-        k: with ``batched_v``, how many directions per tensor (a leading dimension of size
-            ``k``). ``None``: one direction, shaped like the tensor.
-
-    Raises:
-        ValueError: from the constructor, when a field is not of the kind described above.
-    """
-
-    distribution: str
-    seed: int
-    match: tuple[str, ...] | None = None
-    k: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.distribution not in DISTRIBUTIONS:
-            raise ValueError(
-                f"random must be one of {', '.join(DISTRIBUTIONS)}; got {self.distribution!r}."
-            )
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an integer; got {self.seed!r}.")
-        if self.match is not None:
-            if not isinstance(self.match, tuple) or not all(
-                isinstance(p, str) and p for p in self.match
-            ):
-                raise ValueError(
-                    "match must be a glob pattern or a list of them, e.g. ['*.weight']; "
-                    f"got {self.match!r}."
-                )
-            if not self.match:
-                raise ValueError("match must name at least one glob pattern (or be left out).")
-        if self.k is not None and (
-            isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1
-        ):
-            raise ValueError(f"k must be a positive integer; got {self.k!r}.")
-
-    @classmethod
-    def from_mapping(cls, value: Mapping[str, Any]) -> RandomDirections:
-        """Build a spec from a config's mapping, e.g. ``{random: normal, seed: 0, k: 8}``.
-
-        Args:
-            value: the mapping; ``random`` and ``seed`` are required, ``match`` (a glob or a list
-                of globs) and ``k`` optional.
-
-        Returns:
-            The spec.
-
-        Raises:
-            ValueError: a key is missing or unknown, or a value is not of the right kind.
-        """
-        unknown = [key for key in value if key not in _KEYS]
-        if unknown:
-            raise ValueError(
-                f"unknown key {unknown[0]!r} in a random direction; the keys are "
-                f"{', '.join(_KEYS)}."
-            )
-        for key in ("random", "seed"):
-            if key not in value:
-                raise ValueError(
-                    f"a random direction needs {key!r}, e.g. {{random: normal, seed: 0}}."
-                )
-        match = value.get("match")
-        if isinstance(match, str):
-            match = (match,)
-        elif isinstance(match, list):
-            match = tuple(match)
-        return cls(value["random"], value["seed"], match, value.get("k"))
-
-    def spec_text(self) -> str:
-        """The spec as canonical JSON, for a result's metadata.
-
-        Returns:
-            Compact JSON with keys in a fixed order, leaving out ``match`` and ``k`` when unset,
-            e.g. ``{"random":"normal","seed":0,"match":["*.weight"],"k":32}``.
-        """
-        spec: dict[str, Any] = {"random": self.distribution, "seed": self.seed}
-        if self.match is not None:
-            spec["match"] = list(self.match)
-        if self.k is not None:
-            spec["k"] = self.k
-        return json.dumps(spec, separators=(",", ":"))
 
 
 def select(spec: RandomDirections, candidates: Sequence[str]) -> tuple[str, ...]:

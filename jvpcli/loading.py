@@ -31,6 +31,7 @@ from jvpcli.config import (
     FunctionSpec,
     ModelFunction,
     PlainFunction,
+    PretrainedFunction,
     Reference,
 )
 from jvpcli.errors import FunctionLoadError, display_path, format_shape, user_location
@@ -50,7 +51,11 @@ class LoadedFunction:
         required: how many of them have no default.
         source_files: the user's Python files it comes from, to point at in error messages.
         files: the files it was loaded from, by role (``"function"``, ``"function.weights"``,
-            ``"function.exported"``), whose digests a result records.
+            ``"function.exported"``, ``"function.pretrained/config.json"``, ...), whose digests
+            a result records.
+        keywords: the names of its keyword-only parameters.
+        var_keyword: whether it takes ``**kwargs``.
+        notes: what loading noticed that a user should know (weights a pretrained folder lacks).
     """
 
     func: Callable[..., Any]
@@ -59,6 +64,9 @@ class LoadedFunction:
     required: int
     source_files: tuple[Path, ...]
     files: Mapping[str, Path]
+    keywords: tuple[str, ...] = ()
+    var_keyword: bool = False
+    notes: tuple[str, ...] = ()
 
 
 def load_function(
@@ -82,6 +90,8 @@ def load_function(
     """
     if isinstance(spec, ExportedFunction):
         return _load_exported(spec.archive)
+    if isinstance(spec, PretrainedFunction):
+        return _load_pretrained(spec)
     module = None if modules is None else modules.get(spec.ref.module)
     if module is None:
         module = _import(spec.ref)
@@ -104,8 +114,34 @@ def load_function(
             files["function.weights"] = spec.weights
     if isinstance(func, nn.Module):
         func.eval().requires_grad_(False)
-    parameters, required = _positional_parameters(func)
-    return LoadedFunction(func, spec.ref.name, parameters, required, source_files, files)
+    return _loaded(func, spec.ref.name, source_files, files)
+
+
+def _loaded(
+    func: Callable[..., Any],
+    name: str,
+    source_files: tuple[Path, ...],
+    files: Mapping[str, Path],
+    notes: tuple[str, ...] = (),
+) -> LoadedFunction:
+    parameters, required, keywords, var_keyword = _signature(func)
+    return LoadedFunction(
+        func, name, parameters, required, source_files, files, keywords, var_keyword, notes
+    )
+
+
+def _load_pretrained(spec: PretrainedFunction) -> LoadedFunction:
+    from jvpcli.pretrained import load_pretrained
+
+    loaded = load_pretrained(
+        spec.folder,
+        None if spec.cls is None else f"{spec.cls.module}:{spec.cls.name}",
+        spec.init,
+        search_dir=None if spec.cls is None else spec.cls.search_dir,
+    )
+    return _loaded(
+        loaded.model, loaded.name, loaded.source_files, loaded.files, tuple(loaded.warnings)
+    )
 
 
 def _import(ref: Reference) -> ModuleType:
@@ -285,24 +321,32 @@ class _LoggedErrors(logging.Handler):
             self.errors.append(record.exc_info[1])
 
 
-def _positional_parameters(func: Callable[..., Any]) -> tuple[tuple[str, ...] | None, int]:
+def _signature(
+    func: Callable[..., Any],
+) -> tuple[tuple[str, ...] | None, int, tuple[str, ...], bool]:
+    """The names of ``func``'s positional parameters (``None`` when unknown: ``*args``, or no
+    signature), how many have no default, its keyword-only parameters, and whether it takes
+    ``**kwargs``."""
     target = func.forward if isinstance(func, nn.Module) else func
     try:
         signature = inspect.signature(target)
     except (TypeError, ValueError):
-        return None, 0
+        return None, 0, (), False
     names: list[str] = []
+    keywords: list[str] = []
     required = 0
+    var_positional = var_keyword = False
     for parameter in signature.parameters.values():
         if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
-            return None, required
-        if parameter.kind in (
-            inspect.Parameter.POSITIONAL_ONLY,
-            inspect.Parameter.POSITIONAL_OR_KEYWORD,
-        ):
+            var_positional = True
+        elif parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            var_keyword = True
+        elif parameter.kind is inspect.Parameter.KEYWORD_ONLY:
+            keywords.append(parameter.name)
+        elif not var_positional:
             names.append(parameter.name)
             required += parameter.default is inspect.Parameter.empty
-    return tuple(names), required
+    return (None if var_positional else tuple(names)), required, tuple(keywords), var_keyword
 
 
 def _some(items: list[str], *, quote: bool = True, limit: int = 5) -> str:

@@ -58,6 +58,7 @@ __all__ = [
     "check_finite_differences",
     "compare_with_golden",
     "default_fd_rtol",
+    "float64_copy",
 ]
 
 GOLDEN_DEFAULTS: dict[str, tuple[float, float]] = {
@@ -327,7 +328,7 @@ def check_finite_differences(
     central: list[list[Tensor]] = []
     estimates: list[list[Tensor]] = []
     try:
-        wide = _float64_copy(func, device)
+        wide = float64_copy(func, device)
         for direction in directions:
             tangent = tuple(_wide(t[direction] if batched else t).to(device) for t in v)
             largest = max(_max_abs(t) for t in tangent)
@@ -456,8 +457,9 @@ def _check_output(
     )
 
 
-def _float64_copy(func: Callable[..., object], device: torch.device) -> Callable[..., object]:
-    # A model is copied, never cast in place: the run's model is shared with other runs.
+def float64_copy(func: Callable[..., object], device: torch.device) -> Callable[..., object]:
+    """``func`` for evaluating in float64: a model is copied to float64 on ``device`` (never cast
+    in place: the run's model is shared with other runs); any other callable as it is."""
     if not isinstance(func, torch.nn.Module):
         return func
     with warnings.catch_warnings():

@@ -468,10 +468,8 @@ ERROR_CASES = [
     ("missing-tensor-name", BASE.replace("scaled", "pair")
      .replace("x.safetensors", "a.safetensors", 1).replace("x_v.safetensors", "a.safetensors"),
      [], 2, ["pair(a, b) needs 2 tensors", "holds 1 ('a')"]),
-    ("v-missing-name", BASE.replace("scaled", "pair")
-     .replace("x.safetensors", "ab.safetensors", 1).replace("x_v.safetensors", "a.safetensors"),
-     [], 2,
-     ["v file", "must hold the same tensor names as inputs file", "has no tensor 'b'"]),
+    ("v-unknown-name", BASE.replace("x_v.safetensors", "xz.safetensors"), [], 2,
+     ["v file", "holds 'z', which inputs file", "named after the input it belongs to ('x')"]),
     ("order-names-unknown", BASE + "order: [y]\n", [], 2,
      ["order names 'y', which it does not hold", "holds 'x', which order leaves out"]),
     ("v-shape", BASE.replace("x_v.safetensors", "v_shape.safetensors"), [], 2,

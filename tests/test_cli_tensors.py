@@ -17,7 +17,6 @@ import jvpcli.tensors as tensors_module
 from jvpcli.errors import TensorFileError
 from jvpcli.tensors import (
     bind_inputs,
-    check_differentiable,
     check_tangents,
     read_header,
     read_tensors,
@@ -128,7 +127,7 @@ def test_inputs_bind_by_name_single_tensor_or_order(
     tmp_path: Path, names, parameters, required, order, bound
 ) -> None:
     header = header_of(tmp_path, names)
-    assert bind_inputs(header, parameters, required, order, "f") == bound
+    assert bind_inputs(header, parameters, required, order, "f").positional == bound
 
 
 def test_binding_follows_parameters_not_the_files_order(tmp_path: Path) -> None:
@@ -139,7 +138,7 @@ def test_binding_follows_parameters_not_the_files_order(tmp_path: Path) -> None:
     path = raw_file(tmp_path, header, struct.pack("<ff", 2.0, 1.0))
     inputs = read_header(path, "inputs")
     assert list(inputs.tensors) == ["b", "a"]
-    assert bind_inputs(inputs, ("a", "b"), 2, None, "f") == ("a", "b")
+    assert bind_inputs(inputs, ("a", "b"), 2, None, "f").positional == ("a", "b")
     loaded = read_tensors(inputs)
     assert (loaded["a"].item(), loaded["b"].item()) == (1.0, 2.0)
 
@@ -148,7 +147,7 @@ def test_binding_follows_parameters_not_the_files_order(tmp_path: Path) -> None:
     ("names", "parameters", "required", "order", "fragment"),
     [
         (["a", "z"], ("a", "b"), 2, None, "holds 'z', which f(a, b) has no parameter for"),
-        (["a", "c"], ("a", "b", "c"), 1, None, "no tensor for parameter 'b' of f(a, b, c)"),
+        (["a", "c"], ("a", "b", "c"), 2, None, "no tensor for parameter 'b' of f(a, b, c)"),
         (["a", "b"], None, 0, None, "cannot be read (it takes *args)"),
         (["a"], ("a", "b"), 2, None, "f(a, b) needs 2 tensors"),
         (["a", "b"], ("a", "b"), 2, ["a"], "it holds 'b', which order leaves out"),
@@ -169,8 +168,9 @@ def test_binding_failures_are_explained(
 def test_tangents_must_match_names_shapes_and_dtypes(tmp_path: Path) -> None:
     inputs = header_of(tmp_path, ["a", "b"])
     check_tangents(inputs, header_of(tmp_path, ["b", "a"], name="v"), None)
-    with pytest.raises(TensorFileError, match="has no tensor 'b'"):
-        check_tangents(inputs, header_of(tmp_path, ["a"], name="v1"), None)
+    assert check_tangents(inputs, header_of(tmp_path, ["a"], name="v1"), None) == ("a",)
+    with pytest.raises(TensorFileError, match="holds 'c', which inputs file"):
+        check_tangents(inputs, header_of(tmp_path, ["a", "c"], name="v4"), None)
     with pytest.raises(TensorFileError, match=r"has shape \(4,\), but the input 'a'"):
         check_tangents(inputs, header_of(tmp_path, ["a", "b"], size=4, name="v2"), None)
     v64 = read_header(
@@ -188,11 +188,18 @@ def test_v_may_be_omitted_only_for_one_element(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int8, torch.uint8, torch.bool])
-def test_integer_inputs_are_rejected_unless_cast(tmp_path: Path, dtype: torch.dtype) -> None:
-    header = read_header(saved(tmp_path, "ints", {"x": torch.zeros(2, dtype=dtype)}), "inputs")
-    with pytest.raises(TensorFileError, match="a JVP needs floating-point inputs"):
-        check_differentiable(header, None)
-    check_differentiable(header, "float32")
+def test_integer_inputs_are_constants_and_refuse_a_tangent(
+    tmp_path: Path, dtype: torch.dtype
+) -> None:
+    tensors = {"x": torch.zeros(2), "ids": torch.zeros(2, dtype=dtype)}
+    inputs = read_header(saved(tmp_path, "mixed", tensors), "inputs")
+    v = read_header(saved(tmp_path, "v", {"x": torch.ones(2)}), "v")
+    assert check_tangents(inputs, v, None) == ("x",)
+    both = read_header(saved(tmp_path, "both", tensors), "v")
+    with pytest.raises(TensorFileError, match=r"'ids' is .*a JVP needs floating-point inputs"):
+        check_tangents(inputs, both, None)
+    with pytest.raises(TensorFileError, match="leave 'ids' out of v"):
+        check_tangents(inputs, both, "float32")
 
 
 def test_write_is_atomic_and_keeps_metadata(tmp_path: Path, monkeypatch) -> None:

@@ -159,35 +159,6 @@ def test_spec_text_is_canonical_json():
     assert json.loads(spec.spec_text())["match"] == ["*.weight"]
 
 
-def test_from_mapping_reads_a_config_value():
-    spec = RandomDirections.from_mapping({"random": "normal", "seed": 0, "match": ["*.weight"]})
-    assert spec == RandomDirections("normal", 0, ("*.weight",))
-    one_glob = RandomDirections.from_mapping({"random": "rademacher", "seed": 1, "match": "x*"})
-    assert one_glob.match == ("x*",)
-    assert RandomDirections.from_mapping({"random": "normal", "seed": 2, "k": 4}).k == 4
-
-
-@pytest.mark.parametrize(
-    ("value", "message"),
-    [
-        ({"random": "normal"}, "needs 'seed'"),
-        ({"seed": 0}, "needs 'random'"),
-        ({"random": "normal", "seed": 0, "count": 3}, "unknown key 'count'"),
-        ({"random": "uniform", "seed": 0}, "normal, rademacher; got 'uniform'"),
-        ({"random": "normal", "seed": "0"}, "seed must be an integer"),
-        ({"random": "normal", "seed": True}, "seed must be an integer"),
-        ({"random": "normal", "seed": 0, "k": 0}, "k must be a positive integer"),
-        ({"random": "normal", "seed": 0, "k": 2.0}, "k must be a positive integer"),
-        ({"random": "normal", "seed": 0, "match": []}, "at least one glob pattern"),
-        ({"random": "normal", "seed": 0, "match": [3]}, "glob pattern or a list"),
-        ({"random": "normal", "seed": 0, "match": {"a": 1}}, "glob pattern or a list"),
-    ],
-)
-def test_malformed_specs_are_refused(value, message):
-    with pytest.raises(ValueError, match=message):
-        RandomDirections.from_mapping(value)
-
-
 def test_integer_targets_are_refused():
     with pytest.raises(ValueError, match=re.escape("'ids': its dtype torch.int64 is not")):
         draw(RandomDirections("normal", 0), {"ids": ((3,), torch.int64)})

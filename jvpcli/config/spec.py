@@ -148,8 +148,8 @@ class RandomDirections:
         return spec
 
     def spec_text(self) -> str:
-        """:meth:`as_json` as canonical JSON text."""
-        return json.dumps(self.as_json(), sort_keys=True)
+        """:meth:`as_json` as compact JSON text, its keys in a fixed order."""
+        return json.dumps(self.as_json(), separators=(",", ":"))
 
     def __str__(self) -> str:
         return self.spec_text()

@@ -15,16 +15,20 @@ import shutil
 import time
 import traceback
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from jvpcli import __version__
+from jvpcli import __version__, _pytree
+from jvpcli._tree_jvp import jvp_tree
 from jvpcli.benchmark import candidates, compare, fastest
-from jvpcli.config import RunSpec
-from jvpcli.engine import Fallback, JvpInfo, jvp_with_info
+from jvpcli.config import Direction, RandomDirections, RunSpec
+from jvpcli.directions import draw
+from jvpcli.engine import Fallback, JvpInfo
 from jvpcli.errors import (
     ComputeError,
+    ConfigError,
     JvpcliError,
     TensorFileError,
     VerificationError,
@@ -45,7 +49,7 @@ from jvpcli.runner.outcomes import (
     output_keys,
     output_records,
 )
-from jvpcli.runner.planning import CheckedRun, golden_header
+from jvpcli.runner.planning import CheckedRun, differentiable_parameters, golden_header
 from jvpcli.tensors import (
     TensorFileHeader,
     read_header,
@@ -54,7 +58,13 @@ from jvpcli.tensors import (
     tensors_sha256,
     write_tensors,
 )
-from jvpcli.verify import Check, check_finite, check_finite_differences, compare_with_golden
+from jvpcli.verify import (
+    Check,
+    check_finite,
+    check_finite_differences,
+    compare_with_golden,
+    float64_copy,
+)
 
 __all__ = ["bench_run", "execute_run", "inspect_file"]
 
@@ -93,6 +103,20 @@ def execute_run(checked: CheckedRun, cache: WorkerCache, *, resume: bool = False
     return outcome
 
 
+@dataclass(frozen=True)
+class _Arguments:
+    """A run's call, ready for :func:`~jvpcli.jvp_tree`: the values on the run's device, floating
+    ones cast to its dtype, and the tangents of what is differentiated."""
+
+    values: dict[str, torch.Tensor]
+    tangents: dict[str, torch.Tensor]
+    param_tangents: dict[str, torch.Tensor]
+
+    def call(self, checked: CheckedRun) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        """The positional and keyword arguments."""
+        return [self.values[n] for n in checked.order], {n: self.values[n] for n in checked.keyword}
+
+
 def _compute(checked: CheckedRun, cache: WorkerCache, started: float) -> RunResult:
     """Compute a checked run and write its output file.
 
@@ -100,20 +124,27 @@ def _compute(checked: CheckedRun, cache: WorkerCache, started: float) -> RunResu
         TensorFileError: a tensor file changed since it was checked.
         ComputeError: the function or the engine raised; the message names where in the
             user's code, when it passed through it.
+        ConfigError: ``outputs`` names a path the function's output does not have.
         JvpcliError: the output file (or, with ``update_golden``, the golden) cannot be written.
     """
     spec = checked.spec
     function = cache.function(spec)
     device = cache.device(spec.device)
-    inputs, v = _arguments(checked, cache, function)
+    arguments = _arguments(checked, cache, function)
+    args, kwargs = arguments.call(checked)
     try:
         with deterministic_algorithms(spec.deterministic), seeded(spec.seed, device):
-            result = jvp_with_info(
+            result = jvp_tree(
                 function.func,
-                inputs[0] if len(inputs) == 1 else inputs,
-                None if v is None else (v[0] if len(v) == 1 else v),
-                spec.create_graph,
-                spec.strict,
+                args,
+                kwargs,
+                tangents=[arguments.tangents.get(n) for n in checked.order] or None,
+                kwarg_tangents={
+                    n: arguments.tangents[n] for n in checked.keyword if n in arguments.tangents
+                },
+                param_tangents=arguments.param_tangents or None,
+                create_graph=spec.create_graph,
+                strict=spec.strict,
                 method=spec.method,
                 batched_v=spec.batched_v,
             )
@@ -122,24 +153,28 @@ def _compute(checked: CheckedRun, cache: WorkerCache, started: float) -> RunResu
             f"computing the JVP of {function.name} failed: {type(error).__name__}: {error}",
             location=user_location(error, function.source_files),
         ) from error
-    is_tuple = isinstance(result.func_output, tuple)
-    outputs = result.func_output if is_tuple else (result.func_output,)
-    tangents = result.jvp if is_tuple else (result.jvp,)
+    leaves = _selected(spec, [leaf.path for leaf in result.leaves])
+    by_path = {leaf.path: leaf for leaf in result.leaves}
     tensors: dict[str, torch.Tensor] = {}
-    for position, (output, tangent) in enumerate(zip(outputs, tangents, strict=True)):
-        output_key, jvp_key = output_keys(position if is_tuple else None)
-        tensors[output_key], tensors[jvp_key] = output, tangent
+    for path in leaves:
+        output_key, jvp_key = output_keys(path)
+        tensors[output_key], tensors[jvp_key] = by_path[path].output, by_path[path].tangent
     carried_graph = any(t.requires_grad for t in tensors.values())
+    written = dict(tensors)
+    if spec.save_v:
+        written.update({f"v.{n}": t for n, t in arguments.tangents.items()})
+        written.update({f"v_params.{n}": t for n, t in arguments.param_tangents.items()})
+    dropped = tuple(f"{path or '(the output)'} ({kind})" for path, kind in result.dropped)
     try:
         write_tensors(
             spec.output,
-            tensors,
-            _metadata(checked, cache, function, result.info, tensors, carried_graph),
+            written,
+            _metadata(checked, cache, function, result.info, written, carried_graph, leaves),
         )
     except (OSError, ValueError) as error:
         raise _write_error("output", spec.output, error) from error
-    records = output_records(tensors, is_tuple)
-    checks = _verify(checked, cache, tensors, records)
+    records = output_records(tensors, leaves)
+    checks = _verify(checked, cache, tensors, records, leaves)
     return RunResult(
         spec=spec,
         device=checked.device,
@@ -151,7 +186,38 @@ def _compute(checked: CheckedRun, cache: WorkerCache, started: float) -> RunResu
         carried_graph=carried_graph,
         outputs=records,
         checks=checks,
+        roles=_roles(checked),
+        params=checked.params,
+        notes=(*function.notes, *(f"dropped {d}: not a tensor" for d in dropped)),
     )
+
+
+def _roles(checked: CheckedRun) -> tuple[tuple[str, str], ...]:
+    return tuple((name, checked.role(name)) for name in (*checked.order, *checked.keyword))
+
+
+def _selected(spec: RunSpec, paths: Sequence[str]) -> tuple[str, ...]:
+    """The output paths the run keeps: all, or those ``outputs`` names (a path keeps everything
+    below it).
+
+    Raises:
+        ConfigError: ``outputs`` names a path the output does not have.
+    """
+    if spec.outputs is None:
+        return tuple(paths)
+    unknown = [
+        wanted
+        for wanted in spec.outputs
+        if not any(p == wanted or p.startswith(wanted + ".") for p in paths)
+    ]
+    if unknown:
+        shown = ", ".join(p or "(the output itself)" for p in paths[:12])
+        more = f" and {len(paths) - 12} more" if len(paths) > 12 else ""
+        raise ConfigError(
+            f"outputs names {', '.join(repr(u) for u in unknown)}, which the output of "
+            f"{spec.function} does not have. Its tensors are: {shown}{more}."
+        )
+    return tuple(p for p in paths if any(p == w or p.startswith(w + ".") for w in spec.outputs))
 
 
 def _reuse(checked: CheckedRun, cache: WorkerCache, started: float) -> RunResult | None:
@@ -177,10 +243,14 @@ def _reuse(checked: CheckedRun, cache: WorkerCache, started: float) -> RunResult
     metadata = header.metadata
     if metadata.get("jvpcli.content_sha256") != tensors_sha256(tensors):
         return None
-    is_tuple = "func_output" not in tensors
-    expected = {k for i in range(len(tensors) // 2) for k in output_keys(i if is_tuple else None)}
-    if set(tensors) != expected:
+    try:
+        leaves = _written_paths(metadata, tensors)
+    except ValueError:
         return None
+    results = {}
+    for path in leaves:
+        for key in output_keys(path):
+            results[key] = tensors[key]
     try:
         fallbacks = tuple(Fallback(**f) for f in json.loads(metadata["jvpcli.fallbacks"]))
         info = JvpInfo(
@@ -193,8 +263,8 @@ def _reuse(checked: CheckedRun, cache: WorkerCache, started: float) -> RunResult
         device = metadata["jvpcli.device"]
     except (KeyError, TypeError, ValueError):
         return None
-    records = output_records(tensors, is_tuple)
-    checks = _verify(checked, cache, tensors, records)
+    records = output_records(results, leaves)
+    checks = _verify(checked, cache, results, records, leaves)
     return RunResult(
         spec=spec,
         device=device,
@@ -207,33 +277,84 @@ def _reuse(checked: CheckedRun, cache: WorkerCache, started: float) -> RunResult
         outputs=records,
         skipped=True,
         checks=checks,
+        roles=_roles(checked),
+        params=checked.params,
     )
 
 
-def _arguments(
-    checked: CheckedRun, cache: WorkerCache, function: LoadedFunction
-) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None]:
-    """The run's inputs and v (``None`` when omitted), as passed to the engine: on its
-    device, cast to its dtype; a model is moved and cast likewise."""
+def _written_paths(metadata: Mapping[str, str], tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """The output paths an output file holds, in the order they were written.
+
+    Raises:
+        ValueError: the file does not hold exactly the outputs and tangents it records.
+    """
+    if "jvpcli.outputs" in metadata:
+        paths = json.loads(metadata["jvpcli.outputs"])
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise ValueError("malformed jvpcli.outputs")
+    else:  # written before jvpcli.outputs: a Tensor, or a tuple of them
+        count = len(tensors) // 2
+        paths = [""] if "func_output" in tensors else [str(i) for i in range(count)]
+    expected = {key for path in paths for key in output_keys(path)}
+    results = {key for key in tensors if not key.startswith(("v.", "v_params."))}
+    if results != expected:
+        raise ValueError("the file's tensors are not the outputs it records")
+    return paths
+
+
+def _arguments(checked: CheckedRun, cache: WorkerCache, function: LoadedFunction) -> _Arguments:
+    """The run's inputs and tangents, as passed to the engine: on its device, floating-point
+    tensors cast to its dtype (integer and bool tensors as they are); a model is moved and cast
+    likewise."""
     spec = checked.spec
     device = cache.device(spec.device)
     dtype = None if spec.dtype is None else getattr(torch, spec.dtype)
-    if isinstance(function.func, torch.nn.Module):
-        function.func.to(device=device, dtype=dtype)
-    inputs = _load(cache, checked.inputs, checked.order, device, dtype)
-    v = None if checked.v is None else _load(cache, checked.v, checked.order, device, dtype)
-    return inputs, v
+    model = function.func if isinstance(function.func, torch.nn.Module) else None
+    if model is not None:
+        model.to(device=device, dtype=dtype)
+    stored = cache.files.tensors(checked.inputs)
+    values = {
+        name: _place(stored[name], device, dtype) for name in (*checked.order, *checked.keyword)
+    }
+    targets = {name: values[name] for name in checked.differentiated}
+    tangents = _directions(spec.v, checked.v, targets, spec.batched_v, cache, device, dtype)
+    param_tangents: dict[str, torch.Tensor] = {}
+    if checked.params:
+        assert model is not None
+        entries = differentiable_parameters(model)
+        param_targets = {name: entries[name].detach() for name in checked.params}
+        param_tangents = _directions(
+            spec.v_params, checked.v_params, param_targets, spec.batched_v, cache, device, dtype
+        )
+    return _Arguments(values, tangents, param_tangents)
 
 
-def _load(
+def _directions(
+    direction: Direction | None,
+    header: TensorFileHeader | None,
+    targets: Mapping[str, torch.Tensor],
+    batched: bool,
     cache: WorkerCache,
-    header: TensorFileHeader,
-    order: tuple[str, ...],
     device: torch.device,
     dtype: torch.dtype | None,
-) -> tuple[torch.Tensor, ...]:
-    tensors = cache.files.tensors(header)
-    return tuple(tensors[name].to(device=device, dtype=dtype) for name in order)
+) -> dict[str, torch.Tensor]:
+    """The tangents of ``targets``: read from their file, drawn at random, or (``v`` omitted for
+    a single one-element input) one."""
+    if isinstance(direction, RandomDirections):
+        shapes = {name: (tuple(t.shape), t.dtype) for name, t in targets.items()}
+        return {n: t.to(device) for n, t in draw(direction, shapes).items()}
+    if header is None:
+        ones = {name: torch.ones_like(t) for name, t in targets.items()}
+        return {n: t.unsqueeze(0) if batched else t for n, t in ones.items()}
+    stored = cache.files.tensors(header)
+    return {name: _place(stored[name], device, dtype) for name in targets}
+
+
+def _place(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | None) -> torch.Tensor:
+    """``tensor`` on ``device``; cast to ``dtype`` when it is floating point."""
+    if dtype is not None and (tensor.is_floating_point() or tensor.is_complex()):
+        return tensor.to(device=device, dtype=dtype)
+    return tensor.to(device=device)
 
 
 def _verify(
@@ -241,6 +362,7 @@ def _verify(
     cache: WorkerCache,
     tensors: Mapping[str, torch.Tensor],
     records: Sequence[OutputRecord],
+    paths: Sequence[str],
 ) -> tuple[Check, ...]:
     """Check a run's results (already in its output file): finiteness, then finite
     differences and the golden when the run asks. With ``update_golden``, the golden is
@@ -255,25 +377,66 @@ def _verify(
     checks = [check_finite(stats, spec.fail_on_nonfinite)]
     if spec.check == "finite-differences":
         function = cache.function(spec)
-        inputs, v = _arguments(checked, cache, function)
+        arguments = _arguments(checked, cache, function)
         with deterministic_algorithms(spec.deterministic):
-            checks.append(
-                check_finite_differences(
-                    function.func,
-                    inputs,
-                    v if v is not None else tuple(torch.ones_like(x) for x in inputs),
-                    tensors,
-                    batched=spec.batched_v,
-                    step=spec.fd_step,
-                    rtol=spec.fd_rtol,
-                    seed=spec.seed,
-                    name=function.name,
-                )
-            )
+            checks.append(_finite_differences(checked, function, arguments, tensors, paths))
     if spec.expect is not None:
         passed = not any(check.failed for check in checks)
         checks.append(_golden(checked, cache, spec.expect, tensors, passed))
     return tuple(checks)
+
+
+def _finite_differences(
+    checked: CheckedRun,
+    function: LoadedFunction,
+    arguments: _Arguments,
+    tensors: Mapping[str, torch.Tensor],
+    paths: Sequence[str],
+) -> Check:
+    """:func:`~jvpcli.verify.check_finite_differences` along the run's tangents (inputs and
+    parameters), on a float64 copy of the model with the constants as they are (floating
+    ones in float64)."""
+    spec = checked.spec
+    device = arguments.values[next(iter(arguments.values))].device if arguments.values else None
+    names = list(arguments.tangents)
+    params = list(arguments.param_tangents)
+    points = [arguments.values[n] for n in names]
+    if params:
+        entries = differentiable_parameters(function.func)
+        points += [entries[n].detach() for n in params]
+    directions = [*arguments.tangents.values(), *arguments.param_tangents.values()]
+    wide = float64_copy(function.func, points[0].device if device is None else device)
+    constants = {
+        n: value.double() if value.is_floating_point() else value
+        for n, value in arguments.values.items()
+        if n not in arguments.tangents
+    }
+
+    def evaluate(*shifted: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        values = {**constants, **dict(zip(names, shifted, strict=False))}
+        args = [values[n] for n in checked.order]
+        kwargs = {n: values[n] for n in checked.keyword}
+        if params:
+            replaced = dict(zip(params, shifted[len(names) :], strict=True))
+            output = torch.func.functional_call(wide, replaced, tuple(args), kwargs, strict=False)
+        else:
+            output = wide(*args, **kwargs)
+        leaves, _ = _pytree.flatten(output)
+        found = {_pytree.dotted(path): leaf for path, leaf in leaves}
+        return tuple(found[p] for p in paths)
+
+    ordered = {key: tensors[key] for path in paths for key in output_keys(path)}
+    return check_finite_differences(
+        evaluate,
+        points,
+        directions,
+        ordered,
+        batched=spec.batched_v,
+        step=spec.fd_step,
+        rtol=spec.fd_rtol,
+        seed=spec.seed,
+        name=function.name,
+    )
 
 
 def _golden(
@@ -313,10 +476,15 @@ def bench_run(checked: CheckedRun, cache: WorkerCache, repeats: int) -> BenchRes
     """
     spec = checked.spec
     function = cache.function(spec)
-    inputs, v = _arguments(checked, cache, function)
-    if v is None:  # a single one-element input: v is 1
-        one = torch.ones_like(inputs[0])
-        v = (one.unsqueeze(0) if spec.batched_v else one,)
+    arguments = _arguments(checked, cache, function)
+    if checked.keyword or checked.params or len(arguments.tangents) != len(checked.order):
+        raise ConfigError(
+            "jvpcli bench compares PyTorch's jvp APIs, which take positional floating-point "
+            "inputs only: it cannot time a run with keyword inputs, constants or v_params. "
+            "Time it with jvpcli compute (the summary shows the time)."
+        )
+    inputs = tuple(arguments.values[n] for n in checked.order)
+    v = tuple(arguments.tangents[n] for n in checked.order)
     calls = candidates(
         function.func,
         inputs,
@@ -353,7 +521,7 @@ def _fingerprint(checked: CheckedRun, cache: WorkerCache, function: LoadedFuncti
     # What identifies a run's result; the config file is left out, so that editing it (to
     # add runs, say) does not make finished runs look stale.
     spec = checked.spec
-    files = {"inputs": spec.inputs, "v": spec.v, **function.files}
+    files = {**_data_files(spec), **function.files}
     identity = {
         "settings": spec.settings(),
         "sha256": {role: cache.files.sha256(p) for role, p in files.items() if p is not None},
@@ -368,14 +536,10 @@ def _metadata(
     info: JvpInfo,
     tensors: Mapping[str, torch.Tensor],
     carried_graph: bool,
+    paths: Sequence[str],
 ) -> dict[str, str]:
     spec = checked.spec
-    files: dict[str, Path | None] = {
-        "config": spec.config,
-        "inputs": spec.inputs,
-        "v": spec.v,
-        **function.files,
-    }
+    files: dict[str, Path | None] = {"config": spec.config, **_data_files(spec), **function.files}
     metadata = {
         "format": "pt",
         "jvpcli.version": __version__,
@@ -401,6 +565,13 @@ def _metadata(
     if spec.seed is not None:
         metadata["jvpcli.seed"] = str(spec.seed)
     metadata["jvpcli.deterministic"] = json.dumps(spec.deterministic)
+    metadata["jvpcli.outputs"] = json.dumps(list(paths))
+    metadata["jvpcli.inputs"] = json.dumps(dict(_roles(checked)))
+    if checked.params:
+        metadata["jvpcli.v_params"] = json.dumps(list(checked.params))
+    for key, direction in (("v", spec.v), ("v_params", spec.v_params)):
+        if isinstance(direction, RandomDirections):
+            metadata[f"jvpcli.{key}.random"] = direction.spec_text()
     for role, path in files.items():
         if path is not None:
             metadata[f"jvpcli.sha256.{role}"] = cache.files.sha256(path)
@@ -423,6 +594,12 @@ def _drop_locals(error: BaseException) -> None:
         chain = chain.__cause__ or chain.__context__
 
 
+def _data_files(spec: RunSpec) -> dict[str, Path]:
+    """The tensor files a run's data is loaded from, by role."""
+    files = {"inputs": spec.inputs, "v": spec.v, "v_params": spec.v_params}
+    return {role: path for role, path in files.items() if isinstance(path, Path)}
+
+
 def tensor_files(spec: RunSpec) -> tuple[Path, ...]:
     """The tensor files a run's data is loaded from (whose tensors a cache may drop after)."""
-    return (spec.inputs,) if spec.v is None else (spec.inputs, spec.v)
+    return tuple(_data_files(spec).values())

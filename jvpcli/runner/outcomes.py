@@ -7,7 +7,7 @@ whole sweep and can be sent back from another process.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -35,14 +35,15 @@ class OutputRecord:
     """One output of the function, and its tangent, as written to the output file.
 
     Attributes:
-        index: its position in the tuple the function returned, or ``None`` for a single Tensor.
+        path: where it sits in what the function returned, dotted (``0``, ``logits``,
+            ``hidden_states.2``); ``""`` for a single Tensor.
         shape: the output's shape.
         dtype: of both tensors (a tangent has its output's dtype).
         jvp_shape: the tangent's shape: ``shape``, or ``(K, *shape)`` with ``batched_v``.
         func_output, jvp: statistics of the output and of its tangent J·v.
     """
 
-    index: int | None
+    path: str
     shape: tuple[int, ...]
     dtype: str
     func_output: TensorStats
@@ -52,7 +53,12 @@ class OutputRecord:
     @property
     def keys(self) -> tuple[str, str]:
         """The names of the output and its tangent in the output file."""
-        return output_keys(self.index)
+        return output_keys(self.path)
+
+    @property
+    def index(self) -> int | None:
+        """Its position in the tuple the function returned, or ``None`` for another output."""
+        return int(self.path) if self.path.isdigit() else None
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,10 @@ class RunResult:
         checks: the checks of the results, in the order they ran: ``finite`` always, then
             ``finite-differences`` and ``golden`` when the run asks for them. (A run whose
             results fail one is a :class:`RunFailure` holding this result.)
+        roles: each input's name and role, ``"differentiated"`` or ``"constant"``.
+        params: the parameters (state-dict names) differentiated along ``v_params``.
+        notes: what the user should know: output leaves dropped (not tensors), weights a
+            pretrained folder lacks.
     """
 
     spec: RunSpec
@@ -88,6 +98,9 @@ class RunResult:
     outputs: tuple[OutputRecord, ...]
     skipped: bool = False
     checks: tuple[Check, ...] = ()
+    roles: tuple[tuple[str, str], ...] = ()
+    params: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
     @property
     def status(self) -> str:
@@ -142,23 +155,26 @@ class BenchResult:
     timings: Mapping[str, Timing]
 
 
-def output_keys(index: int | None) -> tuple[str, str]:
+def output_keys(path: str | int | None) -> tuple[str, str]:
     """The output file's names for an output and its tangent: ``func_output`` and ``jvp`` for a
-    single Tensor, ``func_output.N`` and ``jvp.N`` for item N of a tuple."""
-    suffix = "" if index is None else f".{index}"
+    single Tensor (path ``""`` or ``None``), ``func_output.PATH`` and ``jvp.PATH`` for a leaf of
+    a tuple (``jvp.0``) or of any nested output (``jvp.logits``, ``jvp.hidden_states.2``)."""
+    suffix = "" if path is None or path == "" else f".{path}"
     return f"func_output{suffix}", f"jvp{suffix}"
 
 
-def output_records(tensors: Mapping[str, torch.Tensor], is_tuple: bool) -> tuple[OutputRecord, ...]:
-    """Records of the outputs and tangents in ``tensors``, keyed as :func:`output_keys` says."""
+def output_records(
+    tensors: Mapping[str, torch.Tensor], paths: Sequence[str]
+) -> tuple[OutputRecord, ...]:
+    """Records of the outputs at ``paths`` and their tangents, keyed in ``tensors`` as
+    :func:`output_keys` says."""
     records = []
-    for position in range(len(tensors) // 2):
-        index = position if is_tuple else None
-        output_key, jvp_key = output_keys(index)
+    for path in paths:
+        output_key, jvp_key = output_keys(path)
         output, tangent = tensors[output_key], tensors[jvp_key]
         records.append(
             OutputRecord(
-                index=index,
+                path=path,
                 shape=tuple(output.shape),
                 dtype=str(output.dtype).removeprefix("torch."),
                 func_output=tensor_stats(output),

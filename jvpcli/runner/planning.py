@@ -8,21 +8,33 @@ that :func:`~jvpcli.runner.execution.execute_run` needs, with a per-process
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from jvpcli.config import RunSpec
-from jvpcli.errors import ConfigError, JvpcliError, TensorFileError, display_path
-from jvpcli.runner.cache import WorkerCache
-from jvpcli.tensors import (
-    TensorFileHeader,
-    bind_inputs,
-    check_differentiable,
-    check_tangents,
-)
+import torch
 
-__all__ = ["CheckedRun", "check_run", "golden_header", "plan_runs"]
+from jvpcli.config import RandomDirections, RunSpec
+from jvpcli.directions import select
+from jvpcli.errors import (
+    ConfigError,
+    JvpcliError,
+    TensorFileError,
+    display_path,
+    format_shape,
+)
+from jvpcli.loading import LoadedFunction
+from jvpcli.runner.cache import WorkerCache
+from jvpcli.tensors import TensorFileHeader, bind_inputs, check_tangents, is_floating
+
+__all__ = [
+    "CheckedRun",
+    "check_run",
+    "differentiable_parameters",
+    "golden_header",
+    "plan_runs",
+]
 
 
 @dataclass(frozen=True)
@@ -36,8 +48,12 @@ class CheckedRun:
         function_name: how messages name its function.
         parameters: the function's positional parameter names, or ``None`` when unknown.
         inputs: the header of the inputs file.
-        v: the header of the v file, or ``None``.
-        order: the input tensor names, in the order they are passed to the function.
+        v: the header of the v file, or ``None`` (omitted, or random directions).
+        v_params: the header of the v_params file, or ``None``.
+        order: the input tensors passed positionally, in order.
+        keyword: the input tensors passed by keyword.
+        differentiated: the inputs that get a tangent; every other input is a constant.
+        params: the parameters (state-dict names) that get a tangent.
         device: the device it computes on (``auto`` resolved), e.g. ``"cpu"``.
         update_golden: write the results to the run's ``expect`` file (when its other checks
             pass) instead of comparing them with it.
@@ -48,27 +64,45 @@ class CheckedRun:
     parameters: tuple[str, ...] | None
     inputs: TensorFileHeader
     v: TensorFileHeader | None
+    v_params: TensorFileHeader | None
     order: tuple[str, ...]
+    keyword: tuple[str, ...]
+    differentiated: tuple[str, ...]
+    params: tuple[str, ...]
     device: str
     update_golden: bool = False
+
+    def role(self, name: str) -> str:
+        """``"differentiated"`` or ``"constant"``: what the run does with input ``name``."""
+        return "differentiated" if name in self.differentiated else "constant"
 
 
 def check_run(spec: RunSpec, cache: WorkerCache, *, update_golden: bool = False) -> CheckedRun:
     """Check everything about a run that can be checked without computing.
 
-    Reads the headers of the inputs, v and golden files (not their data), loads the function
-    (into ``cache``), binds the input tensors to its parameters and resolves the device.
+    Reads the headers of the inputs, v, v_params and golden files (not their data), loads the
+    function (into ``cache``), binds the input tensors to its parameters, decides which inputs
+    and parameters get a tangent, and resolves the device.
 
     Raises:
         UsageError: a file is missing or corrupt (the golden too, unless ``update_golden``);
-            tensors are integer, misnamed or do not fit each other or the function; the
+            tensors are misnamed or do not fit each other or the function; a tangent is given
+            for an integer input or an unknown parameter; nothing is differentiated; the
             function cannot be loaded; the device is not available; the output or the golden
             is a folder.
     """
     inputs = cache.files.header(spec.inputs, "inputs")
-    v = None if spec.v is None else cache.files.header(spec.v, "v")
-    check_differentiable(inputs, spec.dtype)
-    check_tangents(inputs, v, spec.dtype, spec.batched_v)
+    v = cache.files.header(spec.v, "v") if isinstance(spec.v, Path) else None
+    v_params = (
+        cache.files.header(spec.v_params, "v_params") if isinstance(spec.v_params, Path) else None
+    )
+    if isinstance(spec.v, RandomDirections):
+        floating = [n for n, info in inputs.tensors.items() if is_floating(info.dtype)]
+        differentiated = _select(spec.v, floating, "v", "floating-point input")
+    else:
+        differentiated = check_tangents(
+            inputs, v, spec.dtype, spec.batched_v, parameters_too=spec.v_params is not None
+        )
     for role, path in (("output", spec.output), ("expect", spec.expect)):
         if path is not None and path.is_dir():
             raise ConfigError(f"{role} {display_path(path)} is a folder; name a file.")
@@ -76,10 +110,128 @@ def check_run(spec: RunSpec, cache: WorkerCache, *, update_golden: bool = False)
         golden_header(cache, spec.expect)
     device = cache.device(spec.device)
     function = cache.function(spec)
-    order = bind_inputs(inputs, function.parameters, function.required, spec.order, function.name)
-    return CheckedRun(
-        spec, function.name, function.parameters, inputs, v, order, str(device), update_golden
+    binding = bind_inputs(
+        inputs,
+        function.parameters,
+        function.required,
+        spec.order,
+        function.name,
+        keywords=function.keywords,
+        var_keyword=function.var_keyword,
     )
+    params = _check_params(spec, function, v_params)
+    if not differentiated and not params:
+        raise ConfigError(
+            f"run {spec.name!r} differentiates nothing: v gives no tangent for any input and "
+            "v_params none for any parameter."
+        )
+    _check_directions_agree(spec, v, v_params, differentiated, params)
+    return CheckedRun(
+        spec,
+        function.name,
+        function.parameters,
+        inputs,
+        v,
+        v_params,
+        binding.positional,
+        binding.keyword,
+        differentiated,
+        params,
+        str(device),
+        update_golden,
+    )
+
+
+def differentiable_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state-dict entries of ``model`` that can carry a tangent (floating point), by name."""
+    return {
+        name: tensor
+        for name, tensor in model.state_dict(keep_vars=True).items()
+        if tensor.is_floating_point() or tensor.is_complex()
+    }
+
+
+def _check_params(
+    spec: RunSpec, function: LoadedFunction, v_params: TensorFileHeader | None
+) -> tuple[str, ...]:
+    """The parameters that get a tangent, checked against the model."""
+    if spec.v_params is None:
+        return ()
+    if not isinstance(function.func, torch.nn.Module):
+        raise ConfigError(
+            f"v_params gives tangents for a model's parameters, but {function.name} is a "
+            f"{type(function.func).__name__}, not an nn.Module. Name a model: function: "
+            "{target, init, weights}, {pretrained: FOLDER}, or a module-level nn.Module."
+        )
+    entries = differentiable_parameters(function.func)
+    if isinstance(spec.v_params, RandomDirections):
+        names = [n for n, _ in function.func.named_parameters()]
+        return _select(spec.v_params, names, "v_params", "parameter")
+    assert v_params is not None
+    unknown = [n for n in v_params.tensors if n not in entries]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(entries), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        shown = ", ".join(repr(n) for n in list(entries)[:6])
+        more = f" and {len(entries) - 6} more" if len(entries) > 6 else ""
+        raise TensorFileError(
+            f"{v_params.shown} holds {unknown[0]!r}, which is not a floating-point parameter of "
+            f"{function.name}.{hint} Its state-dict names are {shown}{more}."
+        )
+    if not v_params.tensors:
+        raise TensorFileError(f"{v_params.shown} holds no tensors.")
+    for name, info in v_params.tensors.items():
+        entry = entries[name]
+        expected = tuple(entry.shape)
+        shape = info.shape[1:] if spec.batched_v else info.shape
+        if shape != expected or (spec.batched_v and info.shape[:1] in ((), (0,))):
+            wanted = f"(K, *{format_shape(expected)})" if spec.batched_v else format_shape(expected)
+            raise TensorFileError(
+                f"{v_params.shown}: tensor {name!r} has shape {format_shape(info.shape)}, but "
+                f"the parameter {name!r} needs {wanted}."
+            )
+        dtype = str(entry.dtype).removeprefix("torch.")
+        if spec.dtype is None and info.dtype != dtype:
+            raise TensorFileError(
+                f"{v_params.shown}: tensor {name!r} is {info.dtype}, but the parameter {name!r} "
+                f"is {dtype}. Store them with one dtype, or set dtype to cast both."
+            )
+    return tuple(n for n in entries if n in v_params.tensors)
+
+
+def _select(spec: RandomDirections, candidates: Sequence[str], key: str, what: str) -> tuple:
+    if not candidates:
+        raise ConfigError(f"{key}: random directions need a {what}, and there is none.")
+    try:
+        return select(spec, candidates)
+    except ValueError as error:
+        raise ConfigError(f"{key}.match: {error}") from None
+
+
+def _check_directions_agree(
+    spec: RunSpec,
+    v: TensorFileHeader | None,
+    v_params: TensorFileHeader | None,
+    differentiated: Sequence[str],
+    params: Sequence[str],
+) -> None:
+    """With batched_v, every tangent holds the same number K of directions."""
+    if not spec.batched_v:
+        return
+    counts: dict[str, int] = {}
+    for key, direction, header, names in (
+        ("v", spec.v, v, differentiated),
+        ("v_params", spec.v_params, v_params, params),
+    ):
+        if isinstance(direction, RandomDirections) and direction.k is not None:
+            counts[key] = direction.k
+        elif header is not None and names:
+            counts[key] = header.tensors[names[0]].shape[0]
+    if len(set(counts.values())) > 1:
+        raise ConfigError(
+            f"with batched_v, v holds {counts['v']} directions but v_params {counts['v_params']}: "
+            "the JVP is taken along both together, so they must hold the same number K."
+        )
 
 
 def plan_runs(
