@@ -25,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from jvpcli import __version__
+from jvpcli.config import RandomDirections
 from jvpcli.errors import JvpcliError, display_path, format_shape
 
 if TYPE_CHECKING:
@@ -86,6 +87,10 @@ def run_view(result: RunResult) -> RenderableType:
             f"{_duration(result.seconds)} computing, {_duration(result.total_seconds)} in all",
         )
     details.add_row("device", result.device)
+    if result.roles:
+        details.add_row("inputs", _roles_text(result.roles))
+    if result.params:
+        details.add_row("v_params", _params_text(result.params, spec.v_params))
     if result.carried_graph:
         details.add_row("graph", "the results carried an autograd graph; saved detached")
     details.add_row("output", display_path(spec.output))
@@ -95,11 +100,24 @@ def run_view(result: RunResult) -> RenderableType:
         seed = "none" if spec.seed is None else str(spec.seed)
         details.add_row("seed", f"{seed}{', deterministic algorithms' * spec.deterministic}")
     parts: list[RenderableType] = [table, details]
+    parts += [Text(f"note: {note}", style="yellow") for note in result.notes]
     parts += [Text(f"warning: {w}", style="bold red") for w in warnings]
     verifications = [check for check in result.checks if check.name != "finite"]
     if verifications:
         parts.append(_checks_table(verifications))
     return Group(*parts)
+
+
+def _roles_text(roles: Sequence[tuple[str, str]]) -> str:
+    """Each input and its role, so that a misnamed tangent cannot make an input silently
+    constant: ``inputs_embeds (differentiated), attention_mask (constant)``."""
+    return ", ".join(f"{name} ({role})" for name, role in roles)
+
+
+def _params_text(params: Sequence[str], direction: object) -> str:
+    shown = ", ".join(params[:4]) + (f" and {len(params) - 4} more" if len(params) > 4 else "")
+    source = f" from {direction}" if isinstance(direction, RandomDirections) else ""
+    return f"{len(params)} differentiated{source}: {shown}"
 
 
 def _checks_table(checks: Sequence[Check]) -> RenderableType:
@@ -183,7 +201,10 @@ def _run_entry(spec: RunSpec, status: str, outcome: RunOutcome | None) -> dict[s
         "function": str(spec.function),
         "config": None if spec.config is None else str(spec.config),
         "inputs": str(spec.inputs),
-        "v": None if spec.v is None else str(spec.v),
+        "v": _direction_json(spec.v),
+        "v_params": _direction_json(spec.v_params),
+        "roles": None if result is None else dict(result.roles),
+        "params": None if result is None else list(result.params),
         "output": str(spec.output),
         "method": spec.method,
         "method_used": None if result is None else result.method_used,
@@ -205,6 +226,7 @@ def _run_entry(spec: RunSpec, status: str, outcome: RunOutcome | None) -> dict[s
         else [
             {
                 "index": output.index,
+                "path": output.path,
                 "shape": list(output.shape),
                 "jvp_shape": list(output.jvp_shape),
                 "dtype": output.dtype,
@@ -219,8 +241,15 @@ def _run_entry(spec: RunSpec, status: str, outcome: RunOutcome | None) -> dict[s
         "check": spec.check,
         "fail_on_nonfinite": spec.fail_on_nonfinite,
         "checks": None if result is None else [_check_json(check) for check in result.checks],
+        "notes": None if result is None else list(result.notes),
         "error": None if error is None else _error_json(error),
     }
+
+
+def _direction_json(direction: object) -> Any:
+    if isinstance(direction, RandomDirections):
+        return direction.as_json()
+    return None if direction is None else str(direction)
 
 
 def _result_of(outcome: RunOutcome | None) -> RunResult | None:
@@ -405,29 +434,54 @@ def _error_json(error: JvpcliError) -> dict[str, Any]:
 
 
 def check_view(checked: CheckedRun) -> RenderableType:
-    """What ``jvpcli validate`` found: the tensors each parameter gets, and where results go."""
+    """What ``jvpcli validate`` found: the tensor each parameter gets, whether it is
+    differentiated or constant, and where results go."""
     spec = checked.spec
     table = _table(f"{spec.name}: {spec.function}")
     table.add_column("#", justify="right")
-    table.add_column("parameter")
-    table.add_column("tensor", style="bold", overflow="fold")
+    table.add_column("parameter", no_wrap=True)
+    table.add_column("tensor", style="bold", no_wrap=True)
     table.add_column("shape")
     table.add_column("dtype")
+    table.add_column("role")
     parameters = checked.parameters or ()
     cast = f" → {spec.dtype}" if spec.dtype else ""
-    for position, name in enumerate(checked.order):
+    for position, name in enumerate((*checked.order, *checked.keyword)):
         info = checked.inputs.tensors[name]
-        parameter = parameters[position] if position < len(parameters) else "—"
-        table.add_row(str(position), parameter, name, format_shape(info.shape), info.dtype + cast)
+        if position >= len(checked.order):
+            number, parameter = "—", f"{name}="
+        else:
+            number = str(position)
+            parameter = parameters[position] if position < len(parameters) else "—"
+        dtype = info.dtype + (cast if info.dtype.startswith(("float", "bfloat", "complex")) else "")
+        role = checked.role(name)
+        table.add_row(
+            number,
+            parameter,
+            name,
+            format_shape(info.shape),
+            dtype,
+            Text(role, style="green" if role == "differentiated" else "dim"),
+        )
     details = _details()
     details.add_row("inputs", display_path(spec.inputs))
-    details.add_row("v", "(omitted: 1)" if spec.v is None else display_path(spec.v))
+    details.add_row("v", _direction_text(spec.v, checked.differentiated))
+    if spec.v_params is not None:
+        details.add_row("v_params", _params_text(checked.params, spec.v_params))
     details.add_row("method", spec.method)
     details.add_row("device", str(checked.device))
     details.add_row("output", display_path(spec.output))
     if spec.expect is not None:
         details.add_row("golden", display_path(spec.expect))
     return Group(table, details, Text("valid: ready to run (nothing was computed)", style="green"))
+
+
+def _direction_text(direction: object, differentiated: Sequence[str]) -> str:
+    if direction is None:
+        return "(omitted: 1)" if differentiated else "(omitted: every input is constant)"
+    if isinstance(direction, RandomDirections):
+        return str(direction)
+    return display_path(direction)  # type: ignore[arg-type]
 
 
 def checks_view(checked: Sequence[CheckedRun]) -> RenderableType:
@@ -445,7 +499,7 @@ def checks_view(checked: Sequence[CheckedRun]) -> RenderableType:
             spec.name,
             str(spec.function),
             display_path(spec.inputs),
-            "—" if spec.v is None else display_path(spec.v),
+            _direction_text(spec.v, run.differentiated),
             spec.method,
             display_path(spec.output),
         )
@@ -464,13 +518,16 @@ def check_json(checked: CheckedRun) -> dict[str, Any]:
         "inputs": [
             {
                 "name": name,
-                "position": position,
+                "position": position if position < len(checked.order) else None,
                 "shape": list(checked.inputs.tensors[name].shape),
                 "dtype": checked.inputs.tensors[name].dtype,
+                "role": checked.role(name),
             }
-            for position, name in enumerate(checked.order)
+            for position, name in enumerate((*checked.order, *checked.keyword))
         ],
-        "v": None if spec.v is None else str(spec.v),
+        "v": _direction_json(spec.v),
+        "v_params": _direction_json(spec.v_params),
+        "params": list(checked.params),
         "output": str(spec.output),
         "method": spec.method,
         "batched_v": spec.batched_v,
@@ -517,18 +574,24 @@ def inspect_json(inspected: InspectedFile) -> dict[str, Any]:
 
 
 def _table(title: str | None) -> Table:
-    return Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    return Table(
+        title=title,
+        box=box.SIMPLE_HEAD,
+        title_justify="left",
+        collapse_padding=True,
+        pad_edge=False,
+    )
 
 
 def _stats_table(title: str) -> Table:
-    # Cells fold rather than truncate: no name or path is ever cut short in a narrow terminal.
+    # A tensor's name is what a user copies: it is never split (the numbers give way first).
     table = _table(title)
-    table.add_column("tensor", style="bold", overflow="fold")
-    table.add_column("shape")
-    table.add_column("dtype")
+    table.add_column("tensor", style="bold", no_wrap=True)
+    table.add_column("shape", no_wrap=True)
+    table.add_column("dtype", no_wrap=True)
     for heading in ("norm", "min", "max"):
-        table.add_column(heading, justify="right")
-    table.add_column("finite")
+        table.add_column(heading, justify="right", no_wrap=True)
+    table.add_column("finite", no_wrap=True)
     return table
 
 

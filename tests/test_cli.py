@@ -582,7 +582,8 @@ def test_json_summary_has_its_documented_keys(tmp_path: Path) -> None:
     assert (document["ok"], document["exit_code"], document["error"]) == (True, 0, None)
     (run,) = document["runs"]
     assert set(run) == {
-        "name", "status", "function", "config", "inputs", "v", "output", "method",
+        "name", "status", "function", "config", "inputs", "v", "v_params", "roles", "params",
+        "notes", "output", "method",
         "method_used", "fallbacks", "strict", "create_graph", "batched_v", "carried_graph",
         "dtype", "device", "seconds", "total_seconds", "outputs", "seed", "deterministic",
         "expect", "check", "fail_on_nonfinite", "checks", "error",
@@ -596,7 +597,7 @@ def test_json_summary_has_its_documented_keys(tmp_path: Path) -> None:
     }  # fmt: skip
     assert (finite["check"], finite["status"]) == ("finite", "passed")
     (output,) = run["outputs"]
-    assert set(output) == {"index", "shape", "jvp_shape", "dtype", "func_output", "jvp"}
+    assert set(output) == {"index", "path", "shape", "jvp_shape", "dtype", "func_output", "jvp"}
     assert set(output["jvp"]) == {"name", "norm", "min", "max", "finite", "nan", "inf"}
     _, jvp = expected_jvp("adder", ["x", "y"])
     assert output["jvp"]["max"] == pytest.approx(jvp.max().item())
