@@ -38,6 +38,8 @@ class Workload:
     name: str
     description: str
     build: Callable[[], tuple[Callable[..., torch.Tensor], tuple[torch.Tensor, ...]]]
+    # The calls to compare, when they are not jvpcli.jvp and its peers on build()'s inputs.
+    calls: Callable[[], dict[str, Callable[[], object]]] | None = None
 
 
 def _mlp(width: int, depth: int, batch: int):
@@ -78,6 +80,33 @@ def _exp_reducer():
     return (lambda x: x.exp().sum(dim=1)), (torch.rand(2048, 2048),)
 
 
+def _deep_mlp_every_weight() -> dict[str, Callable[[], object]]:
+    """The deep MLP along a tangent for every weight and bias (none for the input): jvp_tree's
+    param_tangents against PyTorch's two APIs over torch.func.functional_call."""
+    model, (x,) = _mlp(768, 16, 512)
+    params = dict(model.named_parameters())
+    directions = {name: torch.randn_like(p) for name, p in params.items()}
+    primals, tangents = tuple(params.values()), tuple(directions.values())
+
+    def of_params(*values: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(model, dict(zip(params, values, strict=True)), (x,))
+
+    def forward_pass() -> object:
+        with torch.no_grad():
+            return model(x)
+
+    calls: dict[str, Callable[[], object]] = {FORWARD: forward_pass}
+    for method in ("auto", "forward"):
+        calls[f"jvpcli {method}"] = lambda method=method: jvpcli.jvp_tree(
+            model, (x,), param_tangents=directions, method=method
+        )
+    calls["torch.autograd.functional.jvp"] = lambda: torch.autograd.functional.jvp(
+        of_params, primals, tangents
+    )
+    calls["torch.func.jvp"] = lambda: torch.func.jvp(of_params, primals, tangents)
+    return calls
+
+
 def _many_tiny_ops():
     def func(x):
         for _ in range(200):
@@ -91,6 +120,13 @@ WORKLOADS = {
     w.name: w
     for w in [
         Workload("deep MLP", "16 x Linear(768)+tanh, batch 512", lambda: _mlp(768, 16, 512)),
+        Workload(
+            "deep MLP, tangent on every weight",
+            "the deep MLP, param_tangents for all 32 weights and biases, none for the input; "
+            "PyTorch's APIs over functional_call",
+            lambda: _mlp(768, 16, 512),
+            _deep_mlp_every_weight,
+        ),
         Workload("wide MLP", "4 x Linear(1536)+tanh, batch 512", lambda: _mlp(1536, 4, 512)),
         Workload("CNN", "3 conv + pool + linear, 16x3x32x32", _cnn),
         Workload("transformer layer", "TransformerEncoderLayer(256, 4), eval, 8x128", _transformer),
@@ -105,6 +141,8 @@ JVPCLI = ("jvpcli auto", "jvpcli forward")
 
 def _calls(workload: Workload) -> dict[str, Callable[[], object]]:
     torch.manual_seed(0)
+    if workload.calls is not None:
+        return workload.calls()
     func, inputs = workload.build()
     v = tuple(torch.randn_like(x) for x in inputs)
     return candidates(func, inputs, v, methods=("auto", "forward"))

@@ -12,12 +12,15 @@ math backend, pays both.
 - an operand that is a Python number goes to the op's Scalar overload, whose rule is lean;
 - when exactly one operand of a (bi)linear op (``mul``, ``matmul``, ``linear``, ``conv*``,
   ``addmm``, ...) carries a tangent, the rule computes the primal and that one tangent term;
+- ``linear`` with a dual weight or bias (tangents on parameters) accumulates its tangent terms
+  inside the matrix products rather than adding them afterwards;
 - ``scaled_dot_product_attention`` computes its probabilities once and the tangent from them;
   ``layer_norm`` computes its statistics so that its tangent stays differentiable.
 
-Every other case (both operands dual, a dual weight, an unusual argument) goes to PyTorch's own
-rule unchanged. The rules are exact — the same terms PyTorch computes, minus the zeros — and
-differentiable, so ``create_graph`` and strict mode see through them.
+Every other case (both operands of a product dual, a dual weight of a convolution, an unusual
+argument) goes to PyTorch's own rule unchanged. The rules are exact — the same terms PyTorch
+computes, minus the zeros — and differentiable, so ``create_graph`` and strict mode see through
+them.
 """
 
 from __future__ import annotations
@@ -135,7 +138,37 @@ def _weighted(
 
 
 def _linear(level: int, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
-    return _weighted(level, func, args, kwargs, bias_index=2)
+    """``linear(x, W, b)`` with any of ``x``, ``W`` and ``b`` dual.
+
+    ``out_t = b_t + x_t W^T + x W_t^T``, accumulated inside the matrix products (addmm adds its
+    first operand in the GEMM itself): PyTorch's rule computes the same products, then adds them
+    in two more passes over the output. A dual weight is the case of tangents on parameters.
+    """
+    options = dict(zip(("input", "weight", "bias"), args, strict=False)) | kwargs
+    if len(args) < 2 or len(args) > 3 or set(options) - {"input", "weight", "bias"}:
+        return NotImplemented
+    x, x_t = _split(options["input"], level)
+    weight, weight_t = _split(options["weight"], level)
+    bias, bias_t = _split(options.get("bias"), level)
+    if weight.dim() != 2 or x.dim() == 0:
+        return NotImplemented
+    if weight_t is None and bias_t is None:
+        return _weighted(level, func, args, kwargs, bias_index=2)
+    primal = func(x, weight, bias)
+    if x_t is None and weight_t is None:
+        return _dual(primal, bias_t, level)  # expanded to the output's shape
+    rows = x.reshape(-1, x.size(-1))  # addmm takes matrices
+    if x_t is None:
+        tangent = F.linear(rows, weight_t, bias_t)
+    else:
+        tangent = F.linear(x_t.reshape(rows.shape), weight, bias_t)
+        if weight_t is not None and torch._C._functorch.maybe_current_level() is None:
+            # In place, into the fresh product: out of place, addmm would first copy it whole.
+            # Its backward needs none of the values it overwrites, so create_graph still works.
+            tangent = tangent.addmm_(rows, weight_t.t())
+        elif weight_t is not None:
+            tangent = torch.addmm(tangent, rows, weight_t.t())  # vmap has no rule for addmm_
+    return _dual(primal, tangent.reshape(primal.shape), level)
 
 
 def _add_matmul(level: int, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:

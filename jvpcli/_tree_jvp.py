@@ -155,7 +155,9 @@ def jvp_tree(
     else:
         _check_directions(primals, directions, labels, batched_v)
 
-    outputs: list[tuple[list[tuple[_pytree.KeyPath, Any]], _pytree.TreeSpec]] = []
+    # The structure of func's output, from its latest call (fallbacks call it again), with the
+    # tensors left out: the engine returns them, and the raw ones may hold a reverse graph.
+    output_structure: list[tuple[list[tuple[_pytree.KeyPath, Any]], _pytree.TreeSpec]] = []
     param_names = [name for name, *_ in params]
 
     def flat_func(*flat: Tensor) -> tuple[Tensor, ...]:
@@ -181,7 +183,9 @@ def jvp_tree(
         else:
             raw = func(*call_args, **call_kwargs)
         leaves, spec = _pytree.flatten(raw)
-        outputs.append((leaves, spec))
+        output_structure[:] = [
+            ([(path, _TENSOR if isinstance(leaf, Tensor) else leaf) for path, leaf in leaves], spec)
+        ]
         return tuple(leaf for _, leaf in leaves if isinstance(leaf, Tensor))
 
     result = jvp_with_info(
@@ -193,7 +197,7 @@ def jvp_tree(
         method=method,
         batched_v=batched_v,
     )
-    leaves, spec = outputs[-1]
+    leaves, spec = output_structure[0]
     return _rebuild(leaves, spec, result.func_output, result.jvp, result.info)
 
 
@@ -480,9 +484,11 @@ def _default_direction(
 # --------------------------------------------------------------------------------------------
 # Rebuilding the output.
 
+_TENSOR = object()  # stands for an output tensor in the recorded structure
+
 
 def _rebuild(
-    leaves: list[tuple[_pytree.KeyPath, Any]],
+    leaves: list[tuple[_pytree.KeyPath, Any]],  # _TENSOR for each of outputs, in order
     spec: _pytree.TreeSpec,
     outputs: tuple[Tensor, ...],
     tangents: tuple[Tensor, ...],
@@ -495,7 +501,7 @@ def _rebuild(
     tensor_leaves = []
     dropped = []
     for path, leaf in leaves:
-        if isinstance(leaf, Tensor):
+        if leaf is _TENSOR:
             output, tangent = next(output_values), next(tangent_values)
             rebuilt_outputs.append(output)
             rebuilt_tangents.append(tangent)

@@ -59,6 +59,19 @@ CASES = [
     ("linear-no-bias", lambda x: F.linear(x, W), [(2, 3, 4)]),
     ("linear-dual-weight", lambda x, w: F.linear(x, w, B), [(3, 4), (5, 4)]),
     ("linear-dual-bias", lambda x, b: F.linear(x, W, b), [(3, 4), (5,)]),
+    ("linear-only-weight-dual", lambda w: F.linear(C, w, B), [(5, 4)]),
+    ("linear-only-bias-dual", lambda b: F.linear(C, W, b), [(5,)]),
+    ("linear-weight-and-bias-dual", lambda w, b: F.linear(C, w, b), [(5, 4), (5,)]),
+    ("linear-all-dual", lambda x, w, b: F.linear(x, w, b), [(3, 4), (5, 4), (5,)]),
+    ("linear-all-dual-bias-kwarg", lambda x, w, b: F.linear(x, w, bias=b), [(3, 4), (5, 4), (5,)]),
+    ("linear-dual-weight-no-bias", lambda x, w: F.linear(x, w), [(2, 3, 4), (5, 4)]),
+    ("linear-dual-weight-vector-input", lambda x, w: F.linear(x, w, B), [(4,), (5, 4)]),
+    ("linear-dual-weight-3d-const-input", lambda w: F.linear(C.expand(2, 3, 4), w), [(5, 4)]),
+    (
+        "mlp-every-weight-dual",
+        lambda x, w1, b1, w2: F.linear(F.linear(x, w1, b1).tanh(), w2, B),
+        [(3, 4), (4, 4), (4,), (5, 4)],
+    ),
     ("addmm", lambda x: torch.addmm(B, x, W.T), [(3, 4)]),
     ("addmm-alpha-beta", lambda x: torch.addmm(B, x, W.T, beta=0.5, alpha=2.0), [(3, 4)]),
     ("addmm-dual-right", lambda x: torch.addmm(B[:3, None], W[:3], x, alpha=-1.0), [(4, 5)]),
@@ -125,6 +138,24 @@ def test_rule_is_differentiable_with_create_graph(func, shapes):
     tensors = _inputs(shapes, requires_grad=True) + _inputs(shapes, requires_grad=True)
     assert torch.autograd.gradcheck(jvp_of_inputs_and_v, tensors)
     assert torch.autograd.gradgradcheck(jvp_of_inputs_and_v, tensors)
+
+
+def test_linear_rule_takes_a_dual_weight_and_bias():
+    x, w, b = _inputs([(3, 4), (5, 4), (5,)])
+    with torch.autograd.forward_ad.dual_level() as level:
+        duals = [torch.autograd.forward_ad.make_dual(t, torch.randn_like(t)) for t in (x, w, b)]
+        for args in [duals, (x, duals[1], duals[2]), (x, W, duals[2])]:
+            assert _RULES[F.linear](level, F.linear, tuple(args), {}) is not NotImplemented
+
+
+@pytest.mark.filterwarnings("error")  # vmap warns when an op falls back to a per-direction loop
+def test_linear_rule_with_every_operand_dual_under_batched_tangents():
+    inputs = _inputs([(3, 4), (5, 4), (5,)])
+    directions = tuple(torch.randn(3, *x.shape, dtype=D) for x in inputs)
+    got = jvp(F.linear, inputs, directions, method="forward", batched_v=True)
+    for k in range(3):
+        expected = torch_jvp(F.linear, inputs, tuple(d[k] for d in directions))
+        torch.testing.assert_close((got[0], got[1][k]), expected)
 
 
 def test_rules_are_used_for_the_ops_they_cover():

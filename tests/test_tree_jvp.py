@@ -712,3 +712,32 @@ def test_validation_happens_before_func_runs():
     with pytest.raises(RuntimeError):
         jvp_tree(lambda x: calls.append(x) or x, (X,), tangents=(torch.randn(2),))
     assert calls == []
+
+
+class _SquareWithoutJvp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 2 * x * grad
+
+
+def test_a_fallback_that_calls_func_again_still_rebuilds_the_output():
+    calls = []
+
+    def func(x):
+        calls.append(1)
+        return {"sq": _SquareWithoutJvp.apply(x), "tag": "kept", "id": len(calls)}
+
+    x, v = randn(4), randn(4)
+    result = jvp_tree(func, (x,), tangents=(v,))
+    assert result.info.method_used == "double-backward"
+    assert len(calls) == 2
+    torch.testing.assert_close(result.jvp["sq"], 2 * x * v)
+    assert result.func_output["tag"] == "kept"
+    assert result.func_output["id"] == 2  # the output of the call that produced the result
+    assert result.dropped == (("tag", "str"), ("id", "int"))
