@@ -50,9 +50,11 @@ class TreeJvpResult:
 
     Attributes:
         func_output: what ``func`` returned, in its structure; its tensor leaves are detached
-            unless ``create_graph``, its other leaves are the objects ``func`` returned.
+            unless ``create_graph``, its other leaves are the objects ``func`` returned. With
+            ``outputs``, a dict of the kept tensor leaves by dotted path instead.
         jvp: the same structure with each tensor leaf replaced by its tangent and every other leaf
-            (None, a number, a cache object) by None.
+            (None, a number, a cache object) by None; with ``outputs``, a dict like
+            ``func_output``.
         info: how the engine computed the product (:class:`jvpcli.JvpInfo`).
         leaves: the output's tensor leaves with their paths and tangents, in the output's order.
         dropped: ``(dotted path, type name)`` of each output leaf that is not a tensor and so has
@@ -78,6 +80,7 @@ def jvp_tree(
     strict: bool = False,
     method: str = "auto",
     batched_v: bool = False,
+    outputs: Sequence[str] | None = None,
 ) -> TreeJvpResult:
     """Compute the Jacobian-vector product of ``func(*args, **kwargs)`` along the given tangents.
 
@@ -111,6 +114,11 @@ def jvp_tree(
         method: "auto", "forward" or "double-backward", as in :func:`jvpcli.jvp`.
         batched_v: if True, every tangent has a leading dimension of K directions (the size
             ``(K, *primal.size())``, the same K throughout), and so has every output tangent.
+        outputs: keep only the output leaves at these dotted paths (``logits``,
+            ``hidden_states.2``; a path keeps every leaf below it); the others are neither
+            differentiated nor returned, and ``strict`` ignores them. ``None``: every leaf.
+            Integer and bool output tensors get a zero tangent and are exempt from ``strict``
+            (they cannot depend differentiably on anything).
 
     Returns:
         A :class:`TreeJvpResult`: the output and its tangent in the output's structure, each
@@ -183,10 +191,20 @@ def jvp_tree(
         else:
             raw = func(*call_args, **call_kwargs)
         leaves, spec = _pytree.flatten(raw)
-        output_structure[:] = [
-            ([(path, _TENSOR if isinstance(leaf, Tensor) else leaf) for path, leaf in leaves], spec)
-        ]
-        return tuple(leaf for _, leaf in leaves if isinstance(leaf, Tensor))
+        kept = _kept(leaves, outputs)
+        structure: list[tuple[_pytree.KeyPath, Any]] = []
+        differentiable: list[Tensor] = []
+        for path, leaf in kept:
+            if isinstance(leaf, Tensor) and (strict and not _is_differentiable(leaf)):
+                # Strict mode would call an integer output a violation: it bypasses the engine.
+                structure.append((path, _Constant(leaf.detach())))
+            elif isinstance(leaf, Tensor):
+                structure.append((path, _TENSOR))
+                differentiable.append(leaf)
+            else:
+                structure.append((path, leaf))
+        output_structure[:] = [(structure, spec, len(leaves) != len(kept))]
+        return tuple(differentiable)
 
     result = jvp_with_info(
         flat_func,
@@ -197,8 +215,44 @@ def jvp_tree(
         method=method,
         batched_v=batched_v,
     )
-    leaves, spec = output_structure[0]
-    return _rebuild(leaves, spec, result.func_output, result.jvp, result.info)
+    leaves, spec, selected = output_structure[0]
+    count = directions[0].size(0) if batched_v else None
+    return _rebuild(leaves, spec, result.func_output, result.jvp, result.info, selected, count)
+
+
+def _kept(
+    leaves: list[tuple[_pytree.KeyPath, Any]], outputs: Sequence[str] | None
+) -> list[tuple[_pytree.KeyPath, Any]]:
+    """The leaves at or below the ``outputs`` paths (all of them when ``None``)."""
+    if outputs is None:
+        return leaves
+    dotted = [_pytree.dotted(path) for path, _ in leaves]
+    unknown = [w for w in outputs if not any(_below(d, w) for d in dotted)]
+    if unknown:
+        real = [d or "(the output itself)" for d, (_, leaf) in zip(dotted, leaves, strict=True)]
+        more = f" and {len(real) - 12} more" if len(real) > 12 else ""
+        raise ValueError(
+            f"outputs names {', '.join(repr(u) for u in unknown)}, which the output does not "
+            f"have. Its leaves are: {', '.join(real[:12])}{more}."
+        )
+    return [
+        leaf for d, leaf in zip(dotted, leaves, strict=True) if any(_below(d, w) for w in outputs)
+    ]
+
+
+def _below(path: str, wanted: str) -> bool:
+    return path == wanted or path.startswith(wanted + ".")
+
+
+def _is_differentiable(tensor: Tensor) -> bool:
+    return tensor.is_floating_point() or tensor.is_complex()
+
+
+@dataclass(frozen=True)
+class _Constant:
+    """An integer output tensor, kept out of the engine: its tangent is zero."""
+
+    tensor: Tensor
 
 
 # --------------------------------------------------------------------------------------------
@@ -493,6 +547,8 @@ def _rebuild(
     outputs: tuple[Tensor, ...],
     tangents: tuple[Tensor, ...],
     info: JvpInfo,
+    selected: bool,
+    count: int | None,
 ) -> TreeJvpResult:
     output_values = iter(outputs)
     tangent_values = iter(tangents)
@@ -501,8 +557,13 @@ def _rebuild(
     tensor_leaves = []
     dropped = []
     for path, leaf in leaves:
-        if leaf is _TENSOR:
-            output, tangent = next(output_values), next(tangent_values)
+        if leaf is _TENSOR or isinstance(leaf, _Constant):
+            if leaf is _TENSOR:
+                output, tangent = next(output_values), next(tangent_values)
+            else:
+                output = leaf.tensor
+                shape = output.shape if count is None else (count, *output.shape)
+                tangent = output.new_zeros(shape)
             rebuilt_outputs.append(output)
             rebuilt_tangents.append(tangent)
             tensor_leaves.append(OutputLeaf(_pytree.dotted(path), output, tangent))
@@ -510,6 +571,15 @@ def _rebuild(
             rebuilt_outputs.append(leaf)
             rebuilt_tangents.append(None)
             dropped.append((_pytree.dotted(path), type(leaf).__name__))
+    if selected:
+        # Only some leaves were kept: the structure cannot be rebuilt, the leaves say it all.
+        return TreeJvpResult(
+            {leaf.path: leaf.output for leaf in tensor_leaves},
+            {leaf.path: leaf.tangent for leaf in tensor_leaves},
+            info,
+            tuple(tensor_leaves),
+            tuple(dropped),
+        )
     return TreeJvpResult(
         spec.unflatten(rebuilt_outputs),
         spec.unflatten(rebuilt_tangents),

@@ -390,7 +390,19 @@ def bind_inputs(
             "it takes them with order: [...]."
         )
     else:
-        strangers = [] if var_keyword else [n for n in names if n not in accepted]
+        strangers = [n for n in names if n not in accepted]
+        if var_keyword:
+            # **kwargs takes any name, and many forwards (Hugging Face's) ignore what they do not
+            # know: a misspelled input would silently be left out.
+            for name in strangers:
+                close = difflib.get_close_matches(name, accepted, n=1, cutoff=0.8)
+                if close:
+                    raise TensorFileError(
+                        f"{inputs.shown} holds {name!r}, which {function} would get through "
+                        f"**kwargs, but it looks like a misspelling of its parameter "
+                        f"{close[0]!r}: rename the tensor."
+                    )
+            strangers = []
         if strangers:
             raise TensorFileError(
                 f"{inputs.shown} holds {_listing(strangers)}, which {function}"

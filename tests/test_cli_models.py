@@ -295,7 +295,7 @@ def test_embedding_model_fed_int64_ids_along_its_table(workspace: Path) -> None:
 
     sys.path.insert(0, str(workspace))
     try:
-        import models  # noqa: PLC0415
+        import models
     finally:
         sys.path.remove(str(workspace))
     torch.manual_seed(0)
@@ -342,7 +342,7 @@ def test_nested_outputs_are_named_by_their_dotted_paths(workspace: Path) -> None
 
     sys.path.insert(0, str(workspace))
     try:
-        import models  # noqa: PLC0415
+        import models
     finally:
         sys.path.remove(str(workspace))
     torch.manual_seed(0)
@@ -372,12 +372,14 @@ def test_outputs_keeps_the_named_leaves_and_everything_below_them(workspace: Pat
         "func_output.pair.total", "jvp.pair.total", "func_output.layers.0", "jvp.layers.0",
         "func_output.layers.1.0", "jvp.layers.1.0",
     }  # fmt: skip
-    assert run["notes"] == []  # the dropped leaves lie outside the selection
+    # Only the non-tensor leaves inside the selection are reported.
+    assert run["notes"] == ["dropped layers.1.1 (NoneType): not a tensor"]
 
 
 def test_an_unknown_output_path_lists_the_real_ones(workspace: Path) -> None:
     nested_inputs(workspace)
-    message = error_of(write_config(workspace, NESTED + "outputs: [logits]\n"))
+    # Exit 1: the output's paths are known only once the function ran.
+    message = error_of(write_config(workspace, NESTED + "outputs: [logits]\n"), 1)
     assert "outputs names 'logits'" in message
     assert "pair.mean, pair.total, report.score" in message
     assert not (workspace / "out.safetensors").exists()
@@ -496,7 +498,7 @@ def test_batched_directions_in_weight_space_match_one_call_per_direction(workspa
     x, mask, _ = nested_inputs(workspace)
     sys.path.insert(0, str(workspace))
     try:
-        import models  # noqa: PLC0415
+        import models
     finally:
         sys.path.remove(str(workspace))
     torch.manual_seed(0)
@@ -538,16 +540,20 @@ def test_create_graph_and_strict_along_weights(workspace: Path) -> None:
     assert strict["method_used"] == plain["method_used"] == "forward"
     (out,) = graph["outputs"]
     assert out["jvp"]["norm"] == pytest.approx(plain["outputs"][0]["jvp"]["norm"], rel=1e-5)
-    # A function whose output ignores the differentiated input fails strict mode.
-    save_file({"x": torch.randn(3, 4), "mask": torch.zeros(3, 4)}, workspace / "zero.safetensors")
-    ignored = NESTED.replace("inputs.safetensors", "zero.safetensors").replace(
-        "v: v.safetensors", "v: {random: normal, seed: 0, match: [x]}"
+    # An output that ignores the differentiated input fails strict mode; an integer output
+    # (argmax) does not: it cannot depend differentiably on anything.
+    (workspace / "ignores.py").write_text(
+        "def f(x, y):\n    return {'scaled': y * 2, 'index': y.argmax()}\n"
     )
-    message = error_of(
-        write_config(workspace, ignored + "strict: true\nmethod: double-backward\n", "z.yaml"),
-        1,
+    save_file({"x": torch.randn(3), "y": torch.randn(3)}, workspace / "xy.safetensors")
+    ignored = (
+        "function: ignores.py:f\ninputs: xy.safetensors\nv: {random: normal, seed: 0}\n"
+        "output: out.safetensors\nstrict: true\n"
     )
-    assert "strict mode" in message
+    message = error_of(write_config(workspace, ignored, "z.yaml"), 1)
+    assert "independent of input 0" in message
+    fine = ignored.replace("seed: 0}", "seed: 0, match: [y]}")
+    assert compute_json(write_config(workspace, fine, "y.yaml"))["status"] == "ok"
 
 
 def random_draw(config: Path, output: Path) -> dict[str, torch.Tensor]:
@@ -584,13 +590,15 @@ def test_random_directions_reproduce_across_processes_and_differ_by_seed(
 
 
 def test_a_sweep_over_v_params_files(workspace: Path) -> None:
-    x, mask, _ = nested_inputs(workspace)
+    _, mask, _ = nested_inputs(workspace)
     for index in range(2):
         torch.manual_seed(20 + index)
         save_file({"lin.bias": torch.randn(4)}, workspace / f"bias{index}.safetensors")
     config = write_config(
         workspace,
-        NESTED.replace("v: v.safetensors\n", "").replace("out.safetensors", "{name}.safetensors")
+        NESTED.replace("v: v.safetensors\n", "").replace(
+            "out.safetensors", "'results/{name}.safetensors'"
+        )
         + "outputs: [layers.0]\nsweep:\n  v_params: [bias0.safetensors, bias1.safetensors]\n",
     )
     result = invoke("compute", config, "--json")
@@ -599,9 +607,7 @@ def test_a_sweep_over_v_params_files(workspace: Path) -> None:
     assert [run["name"] for run in runs] == ["bias0", "bias1"]
     for index in range(2):
         bias_t = load_file(workspace / f"bias{index}.safetensors")["lin.bias"]
-        written = load_file(workspace / f"bias{index}.safetensors".replace("bias", "bias", 1))
-        assert "lin.bias" in written
-        jvp = load_file(workspace / f"{runs[index]['name']}.safetensors")["jvp.layers.0"]
+        jvp = load_file(workspace / "results" / f"bias{index}.safetensors")["jvp.layers.0"]
         torch.testing.assert_close(jvp, (bias_t * mask).expand(3, 4))
 
 
@@ -657,11 +663,15 @@ def test_validate_binds_a_pretrained_forward_without_computing(
         "inputs_embeds": ("differentiated", None),
     }
     assert not (tmp_path / "out.safetensors").exists()
-    typo = write_config(tmp_path, config.read_text().replace("batch", "typo"), "typo.yaml")
+    # forward takes **kwargs, and a misspelled input would vanish into them: refused.
+    text = config.read_text().replace("batch", "typo").replace("v.safetensors", "typo.safetensors")
+    typo = write_config(tmp_path, text, "typo.yaml")
     save_file({"inputs_embed": torch.zeros(1, 2, 16)}, tmp_path / "typo.safetensors")
     result = invoke("validate", typo)
     assert result.exit_code == 2
-    assert "has no parameter for" in " ".join(result.output.split())
+    message = " ".join(result.output.split())
+    assert "'inputs_embed', which GPT2LMHeadModel" in message
+    assert "misspelling of its parameter 'inputs_embeds'" in message
 
 
 ERRORS = [

@@ -741,3 +741,40 @@ def test_a_fallback_that_calls_func_again_still_rebuilds_the_output():
     assert result.func_output["tag"] == "kept"
     assert result.func_output["id"] == 2  # the output of the call that produced the result
     assert result.dropped == (("tag", "str"), ("id", "int"))
+
+
+def test_outputs_keeps_the_named_leaves_and_strict_ignores_the_rest() -> None:
+    x, v = torch.randn(3), torch.randn(3)
+
+    def func(a: torch.Tensor) -> dict:
+        # "unused" does not depend on a: strict would refuse it, were it kept.
+        return {"y": {"sin": a.sin(), "cos": a.cos()}, "unused": torch.ones(2), "n": 3}
+
+    result = jvp_tree(func, (x,), tangents=(v,), strict=True, outputs=["y"])
+    assert [leaf.path for leaf in result.leaves] == ["y.sin", "y.cos"]
+    _, (sin_t, cos_t) = torch.autograd.functional.jvp(lambda a: (a.sin(), a.cos()), (x,), (v,))
+    torch.testing.assert_close(result.jvp["y.sin"], sin_t)
+    torch.testing.assert_close(result.jvp["y.cos"], cos_t)
+    assert result.dropped == ()
+    with pytest.raises(RuntimeError, match=r"does not require gradients"):
+        jvp_tree(func, (x,), tangents=(v,), strict=True, outputs=["y.sin", "unused"])
+    with pytest.raises(ValueError, match=r"outputs names 'logits'.*y\.sin, y\.cos, unused, n"):
+        jvp_tree(func, (x,), tangents=(v,), outputs=["logits"])
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_integer_outputs_are_exempt_from_strict_with_a_zero_tangent(batched: bool) -> None:
+    x = torch.randn(4)
+    v = torch.randn(2, 4) if batched else torch.randn(4)
+    result = jvp_tree(
+        lambda a: {"y": a * 2, "index": a.argmax(), "mask": a > 0},
+        (x,),
+        tangents=(v,),
+        strict=True,
+        batched_v=batched,
+    )
+    tangents = {leaf.path: leaf.tangent for leaf in result.leaves}
+    torch.testing.assert_close(tangents["y"], 2 * v)
+    assert tangents["index"].shape == ((2,) if batched else ())
+    assert not tangents["index"].any() and not tangents["mask"].any()
+    assert tangents["mask"].shape == v.shape

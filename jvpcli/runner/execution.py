@@ -124,7 +124,6 @@ def _compute(checked: CheckedRun, cache: WorkerCache, started: float) -> RunResu
         TensorFileError: a tensor file changed since it was checked.
         ComputeError: the function or the engine raised; the message names where in the
             user's code, when it passed through it.
-        ConfigError: ``outputs`` names a path the function's output does not have.
         JvpcliError: the output file (or, with ``update_golden``, the golden) cannot be written.
     """
     spec = checked.spec
@@ -147,13 +146,14 @@ def _compute(checked: CheckedRun, cache: WorkerCache, started: float) -> RunResu
                 strict=spec.strict,
                 method=spec.method,
                 batched_v=spec.batched_v,
+                outputs=spec.outputs,
             )
     except Exception as error:
         raise ComputeError(
             f"computing the JVP of {function.name} failed: {type(error).__name__}: {error}",
             location=user_location(error, function.source_files),
         ) from error
-    leaves = _selected(spec, [leaf.path for leaf in result.leaves])
+    leaves = tuple(leaf.path for leaf in result.leaves)
     by_path = {leaf.path: leaf for leaf in result.leaves}
     tensors: dict[str, torch.Tensor] = {}
     for path in leaves:
@@ -194,30 +194,6 @@ def _compute(checked: CheckedRun, cache: WorkerCache, started: float) -> RunResu
 
 def _roles(checked: CheckedRun) -> tuple[tuple[str, str], ...]:
     return tuple((name, checked.role(name)) for name in (*checked.order, *checked.keyword))
-
-
-def _selected(spec: RunSpec, paths: Sequence[str]) -> tuple[str, ...]:
-    """The output paths the run keeps: all, or those ``outputs`` names (a path keeps everything
-    below it).
-
-    Raises:
-        ConfigError: ``outputs`` names a path the output does not have.
-    """
-    if spec.outputs is None:
-        return tuple(paths)
-    unknown = [
-        wanted
-        for wanted in spec.outputs
-        if not any(p == wanted or p.startswith(wanted + ".") for p in paths)
-    ]
-    if unknown:
-        shown = ", ".join(p or "(the output itself)" for p in paths[:12])
-        more = f" and {len(paths) - 12} more" if len(paths) > 12 else ""
-        raise ConfigError(
-            f"outputs names {', '.join(repr(u) for u in unknown)}, which the output of "
-            f"{spec.function} does not have. Its tensors are: {shown}{more}."
-        )
-    return tuple(p for p in paths if any(p == w or p.startswith(w + ".") for w in spec.outputs))
 
 
 def _reuse(checked: CheckedRun, cache: WorkerCache, started: float) -> RunResult | None:
