@@ -8,11 +8,13 @@ backend where PyTorch's fused attention kernels have no double backward.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -83,6 +85,15 @@ MODELS = textwrap.dedent(
         return x[ids] * gain
     """
 )
+
+
+def import_file(path: Path) -> ModuleType:
+    """The module at ``path``, imported without jvpcli and without touching sys.modules."""
+    spec = importlib.util.spec_from_file_location(f"oracle_{path.parent.name}_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def invoke(*args: str | Path) -> Any:
@@ -293,11 +304,7 @@ def test_embedding_model_fed_int64_ids_along_its_table(workspace: Path) -> None:
     assert run["roles"] == {"input_ids": "constant"}
     written = load_file(workspace / "out.safetensors")
 
-    sys.path.insert(0, str(workspace))
-    try:
-        import models
-    finally:
-        sys.path.remove(str(workspace))
+    models = import_file(workspace / "models.py")
     torch.manual_seed(0)
     model = models.Embedder().eval()
     _, expected = torch.autograd.functional.jvp(
@@ -306,7 +313,6 @@ def test_embedding_model_fed_int64_ids_along_its_table(workspace: Path) -> None:
         table,
     )
     torch.testing.assert_close(written["jvp"], expected)
-    sys.modules.pop("models", None)
 
 
 def nested_inputs(folder: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -340,14 +346,9 @@ def test_nested_outputs_are_named_by_their_dotted_paths(workspace: Path) -> None
     assert any("report.label (str)" in note for note in run["notes"])
     written = load_file(workspace / "out.safetensors")
 
-    sys.path.insert(0, str(workspace))
-    try:
-        import models
-    finally:
-        sys.path.remove(str(workspace))
+    models = import_file(workspace / "models.py")
     torch.manual_seed(0)
     model = models.Nested().eval()
-    sys.modules.pop("models", None)
     y = model.lin(x) * mask
     y_t = (v @ model.lin.weight.T).detach() * mask
     expected = {
@@ -496,14 +497,9 @@ def test_kwargs_and_keyword_only_parameters_bind_by_name(workspace: Path) -> Non
 
 def test_batched_directions_in_weight_space_match_one_call_per_direction(workspace: Path) -> None:
     x, mask, _ = nested_inputs(workspace)
-    sys.path.insert(0, str(workspace))
-    try:
-        import models
-    finally:
-        sys.path.remove(str(workspace))
+    models = import_file(workspace / "models.py")
     torch.manual_seed(0)
     model = models.Nested().eval()
-    sys.modules.pop("models", None)
     generator = torch.Generator().manual_seed(8)
     weight_t = torch.randn(3, 4, 4, generator=generator)
     x_t = torch.randn(3, 3, 4, generator=generator)
@@ -779,3 +775,54 @@ def test_the_shipped_samples_run_as_the_readme_says(tmp_path: Path) -> None:
         expected = {"jvp.logits"} if data.get("outputs") == ["logits"] else {"jvp"}
         assert expected <= set(written)
         assert all(torch.isfinite(t).all() for t in written.values())
+
+
+@pytest.mark.parametrize("form", ["target", "exported", "instance"])
+def test_v_params_works_for_every_model_form(tmp_path: Path, form: str) -> None:
+    root = Path(__file__).resolve().parent.parent
+    data = root / "samples" / "data"
+    functions = {
+        "target": f"{{target: {root}/samples/models.py:TinyMLP, init: {{width: 32, depth: 2}}, "
+        f"weights: {data}/tiny_mlp_weights.safetensors}}",
+        "exported": f"{{exported: {data}/tiny_mlp.pt2}}",
+        "instance": "instance.py:model",
+    }
+    (tmp_path / "instance.py").write_text(
+        textwrap.dedent(
+            f"""
+            import sys
+            from safetensors.torch import load_file
+            sys.path.insert(0, {str(root / "samples")!r})
+            from models import TinyMLP
+            model = TinyMLP(width=32, depth=2)
+            model.load_state_dict(load_file({str(data / "tiny_mlp_weights.safetensors")!r}))
+            """
+        )
+    )
+    config = write_config(
+        tmp_path,
+        f"""
+        function: {functions[form]}
+        inputs: {data}/tiny_mlp_inputs.safetensors
+        v_params: {{random: normal, seed: 5, match: ["net.2.*"]}}
+        save_v: true
+        output: out.safetensors
+        """,
+    )
+    run = compute_json(config)
+    assert run["params"] == ["net.2.weight", "net.2.bias"]
+    written = load_file(tmp_path / "out.safetensors")
+
+    models = import_file(root / "samples" / "models.py")
+    model = models.TinyMLP(width=32, depth=2)
+    model.load_state_dict(load_file(data / "tiny_mlp_weights.safetensors"))
+    model.eval()
+    x = load_file(data / "tiny_mlp_inputs.safetensors")["x"]
+    names = run["params"]
+    params = dict(model.named_parameters())
+    _, expected = torch.autograd.functional.jvp(
+        lambda *w: functional_call(model, dict(zip(names, w, strict=True)), (x,)),
+        tuple(params[n].detach() for n in names),
+        tuple(written[f"v_params.{n}"] for n in names),
+    )
+    torch.testing.assert_close(written["jvp"], expected)
