@@ -107,6 +107,71 @@ def _deep_mlp_every_weight() -> dict[str, Callable[[], object]]:
     return calls
 
 
+GPT2_SAMPLE = Path(__file__).parents[1] / "samples" / "models" / "tiny-gpt2"
+
+
+def _gpt2_sample():
+    """The shipped tiny GPT-2 (2 layers, 32 wide, SDPA attention), 8 sequences of 64 random
+    inputs_embeds, the last 4 padded at the end (8, 16, 24, 32 zeros in the attention mask)."""
+    import transformers  # here, not at the top: only this workload needs it
+
+    transformers.utils.logging.disable_progress_bar()
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        GPT2_SAMPLE, attn_implementation="sdpa", local_files_only=True
+    )
+    model = model.eval().requires_grad_(False)
+    embeds = torch.randn(8, 64, model.config.n_embd)
+    mask = torch.ones(8, 64, dtype=torch.int64)
+    for row in range(4, 8):
+        mask[row, 64 - 8 * (row - 3) :] = 0
+    return model, embeds, mask
+
+
+def _gpt2_logits():
+    model, embeds, mask = _gpt2_sample()
+    return (lambda e: model(inputs_embeds=e, attention_mask=mask).logits), (embeds,)
+
+
+def _gpt2_along_embeds() -> dict[str, Callable[[], object]]:
+    """The GPT-2 sample's logits along inputs_embeds: jvp_tree on the model's keyword arguments
+    against PyTorch's two APIs over the logits closure, on the math SDPA backend (the fused CPU
+    kernel has neither a double backward nor a forward-mode derivative)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    model, embeds, mask = _gpt2_sample()
+    direction = torch.randn_like(embeds)
+    kwargs = {"inputs_embeds": embeds, "attention_mask": mask}
+
+    def logits(e: torch.Tensor) -> torch.Tensor:
+        return model(inputs_embeds=e, attention_mask=mask).logits
+
+    def forward_pass() -> object:
+        with torch.no_grad():
+            return logits(embeds)
+
+    def autograd_functional() -> object:
+        with sdpa_kernel(SDPBackend.MATH):
+            return torch.autograd.functional.jvp(logits, (embeds,), (direction,))
+
+    def func_jvp() -> object:
+        with sdpa_kernel(SDPBackend.MATH):
+            return torch.func.jvp(logits, (embeds,), (direction,))
+
+    calls: dict[str, Callable[[], object]] = {FORWARD: forward_pass}
+    for method in ("auto", "forward"):
+        calls[f"jvpcli {method}"] = lambda method=method: jvpcli.jvp_tree(
+            model,
+            (),
+            kwargs,
+            kwarg_tangents={"inputs_embeds": direction},
+            outputs=["logits"],
+            method=method,
+        )
+    calls["torch.autograd.functional.jvp"] = autograd_functional
+    calls["torch.func.jvp"] = func_jvp
+    return calls
+
+
 def _many_tiny_ops():
     def func(x):
         for _ in range(200):
@@ -130,6 +195,16 @@ WORKLOADS = {
         Workload("wide MLP", "4 x Linear(1536)+tanh, batch 512", lambda: _mlp(1536, 4, 512)),
         Workload("CNN", "3 conv + pool + linear, 16x3x32x32", _cnn),
         Workload("transformer layer", "TransformerEncoderLayer(256, 4), eval, 8x128", _transformer),
+        Workload(
+            "GPT-2 sample (2 layers, 32 wide), logits along inputs_embeds, 8x64, padded mask",
+            "samples/models/tiny-gpt2 (SDPA attention), eval, random inputs_embeds, int64 "
+            "attention_mask with the last 4 of 8 rows padded at the end; jvpcli via jvp_tree's "
+            "kwarg_tangents with outputs=['logits'], as is; PyTorch's APIs over the logits "
+            "closure inside sdpa_kernel(SDPBackend.MATH), since the fused CPU SDPA kernel has no "
+            "double backward (autograd.functional) and no forward derivative (torch.func)",
+            _gpt2_logits,
+            _gpt2_along_embeds,
+        ),
         Workload("LSTM", "LSTM(64->256), 16x50", _lstm),
         Workload("exp_reducer", "x.exp().sum(1), 2048x2048", _exp_reducer),
         Workload("many tiny ops", "200 x (sin, *0.9, +0.1) on 64 values", _many_tiny_ops),
