@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from jvpcli import engine
+from jvpcli.containment import failures
 
 FORWARD = "forward pass"
 """The plain forward pass, without any derivative: the baseline every ratio is taken against."""
@@ -110,7 +111,9 @@ def compare(
             start = time.perf_counter()
             try:
                 call()
-            except Exception as error:  # a peer failing is a result, not a crash
+            except BaseException as error:  # a peer failing is a result, not a crash
+                if not failures(error):
+                    raise
                 errors[name] = _first_line(error)
                 times[name] = []
                 continue

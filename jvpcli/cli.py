@@ -1,7 +1,8 @@
 """The ``jvpcli`` command line: parse, call the library, print, exit with the right code.
 
 Exit codes: 0 success; 1 a run failed while computing; 2 an unusable command line, config or input
-file, found before computing; 130 interrupted by Ctrl-C. torch is imported inside the commands
+file, found before computing; 130 interrupted by Ctrl-C; 143 terminated by SIGTERM (handled like
+Ctrl-C). torch is imported inside the commands
 only, so ``--help``, ``--version`` and shell completion answer without loading it.
 """
 
@@ -10,13 +11,15 @@ from __future__ import annotations
 import contextlib
 import json
 import platform
+import signal
+import threading
 import time
 import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -34,7 +37,14 @@ from jvpcli.config import (
     load_sweep,
     parse_assignment,
 )
-from jvpcli.errors import ConfigError, Interrupted, JvpcliError, RunsFailed, display_path
+from jvpcli.errors import (
+    ConfigError,
+    Interrupted,
+    JvpcliError,
+    RunsFailed,
+    Terminated,
+    display_path,
+)
 from jvpcli.junit import junit_document, write_junit
 from jvpcli.report import (
     bench_json,
@@ -114,7 +124,7 @@ def _root(
     """Jacobian-vector products J_f(x)·v of PyTorch functions and saved models.
 
     Exit codes: 0 success, 1 a run failed computing, 2 an unusable command line, config or file,
-    130 interrupted (Ctrl-C).
+    130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
     """
 
 
@@ -307,7 +317,7 @@ def _junit_report(path: Path | None, record: _Record, stderr: Console) -> Iterat
     except BaseException as caught:
         error = caught if isinstance(caught, JvpcliError) else None
         if isinstance(caught, KeyboardInterrupt):
-            error = Interrupted("interrupted (Ctrl-C).")
+            error = _interruption(caught)
         elif error is None:
             error = JvpcliError(f"{type(caught).__name__}: {caught}")
         try:
@@ -363,21 +373,22 @@ def _compute_sweep(
 
     stdout, stderr = consoles
     runs = [run.spec for run in checked]
-    interrupted = False
+    interrupted: KeyboardInterrupt | None = None
     try:
         with _SweepProgress(stderr, runs, quiet) as progress:
             for outcome in run_locally(checked, cache, resume=resume, fail_fast=fail_fast):
                 outcomes.append(outcome)
                 progress.finished(outcome)
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as caught:
+        interrupted = caught
     payload["runs"] = sweep_json(runs, outcomes)
     failed = [outcome for outcome in outcomes if outcome.status == "failed"]
     error: JvpcliError | None = None
-    if interrupted:
-        error = Interrupted(
-            f"interrupted (Ctrl-C) after {len(outcomes)} of {len(runs)} runs; run the same "
-            "command with --resume to skip the finished ones."
+    if interrupted is not None:
+        error = _interruption(
+            interrupted,
+            f" after {len(outcomes)} of {len(runs)} runs; run the same command with --resume to "
+            "skip the finished ones",
         )
     elif failed:
         names = [outcome.spec.name for outcome in failed]
@@ -555,13 +566,38 @@ def _reporting(
     """Turn a jvpcli error, or Ctrl-C, into its message on stderr and its exit code (130 for
     Ctrl-C, not click's "Aborted!" and 1); with ``--json``, also into a JSON document on stdout
     carrying ``payload`` (``runs``, ``file``): what the command had produced, as it filled it."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
-    except (JvpcliError, KeyboardInterrupt) as caught:
-        error = caught if isinstance(caught, JvpcliError) else Interrupted("interrupted (Ctrl-C).")
+    except (JvpcliError, KeyboardInterrupt, Exception) as caught:
+        if isinstance(caught, JvpcliError):
+            error = caught
+        elif isinstance(caught, KeyboardInterrupt):
+            error = _interruption(caught)
+        else:
+            error = JvpcliError(
+                f"internal error: {type(caught).__name__}: {caught}. This is a bug in jvpcli; "
+                "--debug shows where."
+            )
         if debug:
             stderr.out("".join(traceback.format_exception(caught)), highlight=False)
         stderr.print(Text.assemble(("error: ", "bold red"), str(error)), soft_wrap=True)
         if json_output:
             _print_json(stdout, document(error, **payload))
         raise typer.Exit(error.exit_code) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
+def _interruption(caught: KeyboardInterrupt, detail: str = "") -> Interrupted:
+    """What Ctrl-C (exit 130) or SIGTERM (exit 143) ended, as the user is told."""
+    if isinstance(caught, Terminated):
+        return Interrupted(f"terminated (SIGTERM){detail}.", exit_code=143)
+    return Interrupted(f"interrupted (Ctrl-C){detail}.")

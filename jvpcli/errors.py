@@ -8,7 +8,8 @@
   mismatch, finite differences, non-finite values with ``fail_on_nonfinite``).
 - :class:`JvpcliError` itself (exit 1): any other failed run, e.g. an output that cannot be written.
 - :class:`RunsFailed` (exit 1): runs of a sweep failed (each with its own error).
-- :class:`Interrupted` (exit 130, as for a shell command stopped by Ctrl-C): the user interrupted.
+- :class:`Interrupted` (exit 130, as for a shell command stopped by Ctrl-C; 143 for SIGTERM): the
+  user (or a scheduler) interrupted.
 
 Each message is one paragraph a user can act on, without a Python traceback. This module imports
 nothing heavy: the command line imports it to answer ``--help``.
@@ -32,6 +33,7 @@ __all__ = [
     "RunsFailed",
     "SourceLocation",
     "TensorFileError",
+    "Terminated",
     "UsageError",
     "VerificationError",
     "display_path",
@@ -94,9 +96,19 @@ class RunsFailed(JvpcliError):
 
 
 class Interrupted(JvpcliError):
-    """The user interrupted the command with Ctrl-C (exit code 130)."""
+    """The user interrupted the command with Ctrl-C (exit code 130), or it was sent SIGTERM
+    (exit code 143: the shell's 128 + 15, what Slurm, ``timeout`` and CI cancellation expect)."""
 
     exit_code = 130
+
+    def __init__(self, message: str, *, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread when the process receives SIGTERM, so that it stops as for
+    Ctrl-C: temporary files removed, what finished reported."""
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,7 @@ def junit_document(
     """
     finished = {outcome.spec.name: outcome for outcome in outcomes}
     if isinstance(error, Interrupted):
-        not_run = "not run: the command was interrupted (Ctrl-C) before it"
+        not_run = "not run: the command was interrupted (Ctrl-C or SIGTERM) before it"
     else:
         not_run = "not run: --fail-fast stopped the sweep at its first failure"
     cases = [_testcase(suite, spec, finished.get(spec.name), not_run) for spec in runs]

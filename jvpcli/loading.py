@@ -34,6 +34,7 @@ from jvpcli.config import (
     PretrainedFunction,
     Reference,
 )
+from jvpcli.containment import describe, failures
 from jvpcli.errors import FunctionLoadError, display_path, format_shape, user_location
 from jvpcli.tensors import read_header, read_tensors
 
@@ -161,8 +162,10 @@ def _import(ref: Reference) -> ModuleType:
     try:
         with _first_on_path(path.parent):
             spec.loader.exec_module(module)
-    except Exception as error:
+    except BaseException as error:
         del sys.modules[name]
+        if not failures(error):
+            raise
         raise _import_failure(display_path(path), error, [path]) from error
     return module
 
@@ -178,13 +181,15 @@ def _import_dotted(ref: Reference) -> ModuleType:
                 f"module below {display_path(ref.search_dir)}. For a file, write FILE.py:NAME."
             ) from error
         raise _import_failure(ref.module, error, []) from error
-    except Exception as error:
+    except BaseException as error:
+        if not failures(error):
+            raise
         raise _import_failure(ref.module, error, []) from error
 
 
-def _import_failure(module: str, error: Exception, files: list[Path]) -> FunctionLoadError:
+def _import_failure(module: str, error: BaseException, files: list[Path]) -> FunctionLoadError:
     return FunctionLoadError(
-        f"importing {module} failed: {type(error).__name__}: {error}",
+        f"importing {module} failed: {describe(error)}",
         location=user_location(error, files),
     )
 
@@ -227,10 +232,11 @@ def _build(
     arguments = ", ".join(f"{k}={v!r}" for k, v in spec.init.items())
     try:
         model = target(**spec.init)
-    except Exception as error:
+    except BaseException as error:
+        if not failures(error):
+            raise
         raise FunctionLoadError(
-            f"building the model {spec.ref.name}({arguments}) failed: "
-            f"{type(error).__name__}: {error}",
+            f"building the model {spec.ref.name}({arguments}) failed: {describe(error)}",
             location=user_location(error, source_files),
         ) from error
     if not callable(model):

@@ -27,6 +27,7 @@ from typing import Any
 
 from torch import nn
 
+from jvpcli.containment import describe, failures
 from jvpcli.errors import FunctionLoadError, display_path, user_location
 
 __all__ = ["DEFAULT_CLASS", "PretrainedModel", "load_pretrained"]
@@ -314,7 +315,9 @@ def _call_from_pretrained(
     try:
         with _offline(), _quiet(transformers):
             loaded = cls.from_pretrained(str(folder), **arguments)
-    except Exception as error:
+    except BaseException as error:
+        if not failures(error):
+            raise
         text = str(error)
         if "trust_remote_code" in text or "custom code" in text:
             raise FunctionLoadError(
@@ -324,7 +327,11 @@ def _call_from_pretrained(
         init_text = "".join(f", {k}={v!r}" for k, v in init.items())
         raise FunctionLoadError(
             f"{cls.__name__}.from_pretrained({display_path(folder)}{init_text}) failed: "
-            f"{type(error).__name__}: {first_line}",
+            + (
+                describe(error)
+                if isinstance(error, SystemExit) or not first_line
+                else f"{type(error).__name__}: {first_line}"
+            ),
             location=user_location(error, source_files),
         ) from error
     if wants_info and isinstance(loaded, tuple) and len(loaded) == 2:

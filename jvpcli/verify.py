@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 
 from jvpcli.config import TOLERANCE_KEYS, Tolerance
+from jvpcli.containment import describe, failures
 from jvpcli.errors import format_shape
 from jvpcli.reproducibility import seeded
 from jvpcli.tensors import TensorStats
@@ -343,12 +344,13 @@ def check_finite_differences(
             estimates.append(
                 [(a - b).abs() if _floating(a) else a for a, b in zip(near, far, strict=True)]
             )
-    except Exception as error:
+    except BaseException as error:
+        if not failures(error):
+            raise
         return Check(
             "finite-differences",
             "failed",
-            f"finite differences: evaluating {name} in float64 failed: "
-            f"{type(error).__name__}: {error}.",
+            f"finite differences: evaluating {name} in float64 failed: {describe(error)}.",
         )
     tensors = []
     for position, (key, output, jvp) in enumerate(zip(jvp_names, outputs, jvps, strict=True)):

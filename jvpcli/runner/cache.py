@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import json
+from dataclasses import replace
 from types import ModuleType
 
 import torch
+from torch import nn
 
-from jvpcli.config import RunSpec
+from jvpcli.config import PlainFunction, RunSpec
+from jvpcli.containment import contained
 from jvpcli.errors import ConfigError
 from jvpcli.loading import LoadedFunction, load_function
 from jvpcli.reproducibility import seeded
@@ -59,8 +63,12 @@ class WorkerCache:
         )
         function = self._functions.get(key)
         if function is None:
-            with seeded(spec.seed, device):
+            with contained(), seeded(spec.seed, device):
                 function = load_function(spec.function, self._modules)
+            if isinstance(spec.function, PlainFunction) and isinstance(function.func, nn.Module):
+                # A module-level model is shared by every run naming it: each device and dtype
+                # gets its own copy to move and cast, never the object itself.
+                function = replace(function, func=copy.deepcopy(function.func))
             self._functions[key] = function
         return function
 

@@ -24,6 +24,7 @@ from jvpcli import __version__, _pytree
 from jvpcli._tree_jvp import jvp_tree
 from jvpcli.benchmark import candidates, compare, fastest
 from jvpcli.config import Direction, RandomDirections, RunSpec
+from jvpcli.containment import contained, describe, failures
 from jvpcli.directions import draw
 from jvpcli.engine import Fallback, JvpInfo
 from jvpcli.errors import (
@@ -84,9 +85,10 @@ def execute_run(checked: CheckedRun, cache: WorkerCache, *, resume: bool = False
     """
     started = time.perf_counter()
     try:
-        outcome: RunOutcome = (_reuse(checked, cache, started) if resume else None) or _compute(
-            checked, cache, started
-        )
+        with contained():
+            outcome: RunOutcome = (_reuse(checked, cache, started) if resume else None) or _compute(
+                checked, cache, started
+            )
         failed = [check.message for check in outcome.checks if check.failed]
         if failed:
             outcome = RunFailure(
@@ -148,9 +150,11 @@ def _compute(checked: CheckedRun, cache: WorkerCache, started: float) -> RunResu
                 batched_v=spec.batched_v,
                 outputs=spec.outputs,
             )
-    except Exception as error:
+    except BaseException as error:
+        if not failures(error):
+            raise
         raise ComputeError(
-            f"computing the JVP of {function.name} failed: {type(error).__name__}: {error}",
+            f"computing the JVP of {function.name} failed: {describe(error)}",
             location=user_location(error, function.source_files),
         ) from error
     leaves = tuple(leaf.path for leaf in result.leaves)
@@ -470,6 +474,7 @@ def bench_run(checked: CheckedRun, cache: WorkerCache, repeats: int) -> BenchRes
         batched_v=spec.batched_v,
     )
     with (
+        contained(),
         deterministic_algorithms(spec.deterministic),
         seeded(spec.seed, cache.device(spec.device)),
     ):

@@ -1,0 +1,99 @@
+"""Containing user code: what a function, a model's constructor or a module import may do to the
+process stays inside the run that called it.
+
+- :data:`INTERRUPTS` are the exceptions that stop the command (Ctrl-C, SIGTERM); every other
+  exception user code raises, ``SystemExit`` included, is that run's failure: call sites catch
+  :func:`failures` and describe them with :func:`describe`, so that ``sys.exit(0)`` in a
+  function can never end the command with exit code 0.
+- :func:`contained` runs a block with what it prints to stdout sent to stderr (stdout carries
+  ``--json`` and tables), and restores torch's global state afterwards (default dtype and device,
+  grad mode, thread count, deterministic flags, attention backends, anomaly mode, matmul
+  precision, the CPU random number generator), so that one run cannot change another's numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from jvpcli.errors import Terminated
+
+__all__ = ["INTERRUPTS", "contained", "describe", "failures"]
+
+INTERRUPTS: tuple[type[BaseException], ...] = (KeyboardInterrupt, Terminated)
+"""What stops the whole command rather than failing one run (``Terminated`` is SIGTERM)."""
+
+
+def failures(error: BaseException) -> bool:
+    """Whether ``error``, raised by user code, fails the run (everything but an interrupt)."""
+    return not isinstance(error, INTERRUPTS)
+
+
+def describe(error: BaseException) -> str:
+    """``error`` as messages show it: ``TypeError: ...``, or ``sys.exit(0) was called``."""
+    if isinstance(error, SystemExit):
+        return f"sys.exit({error.code!r}) was called"
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+@contextlib.contextmanager
+def contained() -> Iterator[None]:
+    """Run user code with its stdout on stderr, and torch's global state restored after."""
+    saved = _save_state()
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        for restore in saved:
+            restore()
+
+
+def _save_state() -> list[Callable[[], Any]]:
+    """Functions that put back torch's global settings as they are now."""
+    restore: list[Callable[[], Any]] = []
+    default_dtype = torch.get_default_dtype()
+    restore.append(lambda: torch.set_default_dtype(default_dtype))
+    default_device = torch.get_default_device()
+    restore.append(lambda: torch.set_default_device(default_device))
+    grad = torch.is_grad_enabled()
+    restore.append(lambda: torch.set_grad_enabled(grad))
+    threads = torch.get_num_threads()
+    restore.append(lambda: torch.set_num_threads(threads))
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    restore.append(lambda: torch.use_deterministic_algorithms(deterministic, warn_only=warn_only))
+    anomaly, check_nan = torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled()
+    restore.append(lambda: torch.autograd.set_detect_anomaly(anomaly, check_nan))
+    precision = torch.get_float32_matmul_precision()
+    restore.append(lambda: torch.set_float32_matmul_precision(precision))
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    restore.append(lambda: torch.backends.mha.set_fastpath_enabled(fastpath))
+    mkldnn = torch._C._get_mkldnn_enabled()
+    restore.append(lambda: torch._C._set_mkldnn_enabled(mkldnn))
+    cudnn = torch.backends.cudnn
+    flags = (cudnn.enabled, cudnn.benchmark, cudnn.deterministic)
+    restore.append(lambda: _set_cudnn(*flags))
+    cuda = torch.backends.cuda
+    backends = [
+        (getattr(cuda, f"enable_{name}_sdp"), getattr(cuda, f"{name}_sdp_enabled")())
+        for name in ("flash", "mem_efficient", "math", "cudnn")
+        if hasattr(cuda, f"enable_{name}_sdp")
+    ]
+    restore.append(lambda: [enable(state) for enable, state in backends])
+    rng = torch.get_rng_state()
+    restore.append(lambda: torch.set_rng_state(rng))
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        cuda_rng = torch.cuda.get_rng_state_all()
+        restore.append(lambda: torch.cuda.set_rng_state_all(cuda_rng))
+    return restore
+
+
+def _set_cudnn(enabled: bool, benchmark: bool, deterministic: bool) -> None:
+    torch.backends.cudnn.enabled = enabled
+    torch.backends.cudnn.benchmark = benchmark
+    torch.backends.cudnn.deterministic = deterministic
