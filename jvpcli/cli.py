@@ -149,7 +149,13 @@ def compute(
         Path | None, typer.Option("--v", help="Safetensors file with the direction v.")
     ] = None,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Safetensors file to write.")
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="PATH",
+            help="Safetensors file to write; a folder (ending in /) for one file per run in it.",
+        ),
     ] = None,
     method: Annotated[
         str | None, typer.Option(metavar="METHOD", help=f"How to compute: {', '.join(METHODS)}.")

@@ -1,19 +1,23 @@
 """Writing files atomically: a temporary file in the same folder, flushed to disk, then renamed.
 
 Whatever happens while writing (an exception, a crash, ``kill -9``), the target is either absent,
-the old file, or the complete new one. Every file jvpcli writes (results, goldens, JUnit reports)
+the old file, or the complete new one. A write makes exactly one temporary file, named
+``.NAME.jvpcli-PID-TOKEN.tmp``; one that a killed writer left is removed by the next write of the
+same target. Every file jvpcli writes (results, goldens, JUnit reports)
 goes through :func:`write_atomically`. This module does not import torch.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import secrets
 import stat
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["write_atomically"]
+__all__ = ["remove_stale_temporaries", "temporaries", "write_atomically"]
 
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
@@ -32,7 +36,8 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
             as it was.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    remove_stale_temporaries(path)
+    temporary = path.with_name(f"{_prefix(path)}{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
         # O_EXCL: never clobber another writer's temporary file. The mode the umask gives this
         # empty file is restored after ``write`` (which may write files private) has run.
@@ -48,6 +53,41 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         temporary.unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
+
+
+def temporaries(path: Path) -> list[Path]:
+    """The temporary files jvpcli's writers of ``path`` have left beside it (a writer that was
+    killed cannot remove its own): ``.NAME.jvpcli-PID-TOKEN.tmp``."""
+    try:
+        return sorted(path.parent.glob(f"{glob.escape(_prefix(path))}*.tmp"))
+    except OSError:
+        return []
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary files of ``path`` whose writer is no longer running, so that the
+    debris of killed commands does not pile up; a live writer's file is left alone."""
+    for temporary in temporaries(path):
+        pid = temporary.name.removeprefix(_prefix(path)).split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+
+
+def _prefix(path: Path) -> str:
+    return f".{path.name}.jvpcli-"
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process is not writing it now: an earlier interrupted write was
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -18,10 +18,11 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from jvpcli.errors import TensorFileError, display_path, format_shape
 from jvpcli.files import write_atomically
@@ -580,15 +581,46 @@ def write_tensors(
             raise ValueError(
                 f"safetensors cannot store {name!r}: its dtype {dtype} has no equivalent"
             )
-    prepared = {
-        name: t.detach().cpu().clone(memory_format=torch.contiguous_format)
-        for name, t in tensors.items()
-    }
+    prepared = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
 
     def save(temporary: Path) -> None:
-        save_file(prepared, temporary, metadata=dict(metadata))
+        with temporary.open("wb") as file:
+            _serialize(file, prepared, metadata)
 
     write_atomically(path, save)
+
+
+_CODES = {dtype: code for code, (dtype, _) in _DTYPES.items()}
+
+
+def _serialize(
+    file: BinaryIO, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
+) -> None:
+    """Write the safetensors format, streaming each tensor's bytes from its memory.
+
+    safetensors' own ``save_file`` writes through a temporary file of its own, which a killed
+    process leaves behind beside jvpcli's; ``safetensors.torch.save`` builds the whole file in
+    memory. The format is small: an 8-byte little-endian header length, the JSON header (names,
+    dtypes, shapes, data offsets; padded with spaces to 8 bytes), then the data, in order.
+    """
+    header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for name, tensor in tensors.items():
+        size = tensor.numel() * tensor.element_size()
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        header[name] = {
+            "dtype": _CODES[dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    file.write(struct.pack("<Q", len(encoded)))
+    file.write(encoded)
+    for tensor in tensors.values():
+        if tensor.numel():
+            file.write(tensor.reshape(-1).view(torch.uint8).numpy().data)
 
 
 @dataclass(frozen=True)

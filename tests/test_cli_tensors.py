@@ -205,14 +205,14 @@ def test_integer_inputs_are_constants_and_refuse_a_tangent(
 def test_write_is_atomic_and_keeps_metadata(tmp_path: Path, monkeypatch) -> None:
     target = tmp_path / "deep" / "out.safetensors"
     seen = []
-    real_save = tensors_module.save_file
+    real_serialize = tensors_module._serialize
 
-    def observing_save(tensors, filename, metadata):
+    def observing_serialize(file, tensors, metadata):
         # While data is written, the target does not exist; the data goes next to it.
-        seen.append((Path(filename).parent, target.exists()))
-        real_save(tensors, filename, metadata=metadata)
+        seen.append((Path(file.name).parent, target.exists()))
+        real_serialize(file, tensors, metadata)
 
-    monkeypatch.setattr(tensors_module, "save_file", observing_save)
+    monkeypatch.setattr(tensors_module, "_serialize", observing_serialize)
     base = torch.arange(12.0).reshape(3, 4)
     write_tensors(target, {"t": base.t(), "same": base}, {"k": "v"})
     assert seen == [(target.parent, False)]
@@ -231,7 +231,7 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path, monke
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tensors_module, "save_file", crash)
+    monkeypatch.setattr(tensors_module, "_serialize", crash)
     with pytest.raises(KeyboardInterrupt):
         write_tensors(target, {"new": torch.zeros(2)}, {})
     assert list(load_file(target)) == ["old"]

@@ -404,10 +404,13 @@ def test_a_sweep_imports_each_module_and_reads_each_file_once(
     assert len(list((workspace / "results").iterdir())) == 12
     assert (workspace / "imports.log").read_text() == "imported\n"
     assert sorted(reads) == sorted(
-        {f"{kind} {file}" for kind in ("read_header", "read_tensors", "sha256_file")
-         for file in ("x1.safetensors", "v0.safetensors", "v1.safetensors", "v2.safetensors")}
-        | {"sha256_file fns.py", "sha256_file sweep.yaml"}
-    )  # fmt: skip
+        {
+            f"{kind} {file}"
+            for kind in ("read_header", "read_tensors", "sha256_file")
+            for file in ("x1.safetensors", "v0.safetensors", "v1.safetensors", "v2.safetensors")
+        }
+        | {"sha256_file fns.py"}
+    )  # fmt: skip  (the config's digest is of the bytes read: the file is not read twice)
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,6 +3,9 @@ into a :class:`ConfigDocument`, and command-line overrides (``--set KEY=VALUE``)
 
 from __future__ import annotations
 
+import hashlib
+import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,13 +16,22 @@ import yaml
 from jvpcli.config._messages import describe
 from jvpcli.errors import ConfigError, display_path
 
-__all__ = ["ConfigDocument", "KeyPath", "Override", "parse_assignment", "read_config"]
+__all__ = [
+    "MAX_CONFIG_BYTES",
+    "ConfigDocument",
+    "KeyPath",
+    "Override",
+    "parse_assignment",
+    "read_config",
+]
 
 KeyPath = tuple[str, ...]
 _V = TypeVar("_V")
 
 _MAX_DEPTH = 64  # how deeply a config's mappings and lists may nest
 _MAX_VALUES = 100_000  # how many values a config may hold, aliases expanded
+MAX_CONFIG_BYTES = 16 << 20
+"""The largest config file read: far above any real config, far below what would hurt."""
 
 
 Override = tuple[str, Any, str]
@@ -36,6 +48,7 @@ class ConfigDocument:
         origin: how errors name the document (the config file, or "the command line").
         base_dir: the folder relative paths resolve against (the config's folder, or the cwd).
         config: the config file, if there is one.
+        config_sha256: the sha256 of the bytes read from it (a pipe cannot be read twice).
         positions: where each key path was written ("FILE:LINE:COLUMN", or the option); list
             items are keyed by their index as a string, e.g. ``("runs", "0", "name")``.
         bases: key paths whose relative paths resolve against another folder than base_dir
@@ -50,6 +63,7 @@ class ConfigDocument:
     origin: str
     base_dir: Path
     config: Path | None = None
+    config_sha256: str | None = None
     positions: dict[KeyPath, str] = field(default_factory=dict, repr=False)
     bases: dict[KeyPath, Path] = field(default_factory=dict, repr=False)
     parent: ConfigDocument | None = field(default=None, repr=False)
@@ -85,6 +99,7 @@ class ConfigDocument:
             f"{self.origin} (run {run!r})" if run else self.origin,
             self.base_dir,
             self.config,
+            self.config_sha256,
             parent=self,
             sources=sources,
         )
@@ -151,14 +166,16 @@ def read_config(path: Path) -> ConfigDocument:
             values (YAML aliases expanded).
     """
     shown = display_path(path)
+    raw, regular = _read_bounded(path, shown)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file {shown} does not exist.") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"cannot read config file {shown}: {error}.") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"cannot read config file {shown}: it is not UTF-8 text (byte {error.start + 1})."
+        ) from None
     loader: yaml.SafeLoader | None = None
     try:
+        _check_events(text, shown)
         loader = yaml.SafeLoader(text)
         node = loader.get_single_node()
         if node is not None:
@@ -195,9 +212,93 @@ def read_config(path: Path) -> ConfigDocument:
         raise ConfigError(
             f"{shown}: a config must be a mapping of keys to values, not {describe(data)}."
         )
-    document = ConfigDocument(data, shown, path.resolve().parent, config=path.resolve())
+    # A config read from a pipe (/dev/stdin) has no folder: its paths resolve against the cwd.
+    base = path.resolve().parent if regular else Path.cwd().resolve()
+    document = ConfigDocument(
+        data,
+        shown,
+        base,
+        config=path.resolve() if regular else path.absolute(),
+        config_sha256=hashlib.sha256(raw).hexdigest(),
+    )
     _record_positions(node, (), shown, document.positions)
     return document
+
+
+def _read_bounded(path: Path, shown: str) -> tuple[bytes, bool]:
+    """The bytes of a config file, and whether it is a regular file, read once.
+
+    A FIFO without a writer does not block the open (nor the read: it reads as empty), a device
+    that never ends (``/dev/zero``) is read no further than the limit, and a pipe
+    (``/dev/stdin``) is read once, its bytes kept: nothing re-opens the path.
+
+    Raises:
+        ConfigError: the path is missing, a folder, unreadable or larger than the limit.
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {shown} does not exist.") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {shown}: {error.strerror or error}.") from None
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if stat.S_ISDIR(mode):
+            raise ConfigError(f"config file {shown} is a folder; name a YAML file.")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(descriptor, True)  # a pipe's writer may not have written yet
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_CONFIG_BYTES:
+            chunk = os.read(descriptor, min(1 << 20, MAX_CONFIG_BYTES + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {shown}: {error.strerror or error}.") from None
+    finally:
+        os.close(descriptor)
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config file {shown} is too large: a config holds at most "
+            f"{MAX_CONFIG_BYTES // (1 << 20)} MiB."
+        )
+    return b"".join(chunks), stat.S_ISREG(mode)
+
+
+def _check_events(text: str, shown: str) -> None:
+    """Refuse a document holding more than ``_MAX_VALUES`` values or nesting more than
+    ``_MAX_DEPTH`` deep, from its parse events alone (with libyaml's parser when PyYAML has it:
+    a config of millions of values is refused in a fraction of a second, before PyYAML's
+    pure-Python composer would spend minutes and gigabytes on it). A syntax error ends the check:
+    the loader then reports it with its line and column."""
+    parser = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
+    nodes = depth = 0
+    try:
+        while parser.check_event():
+            event = parser.get_event()
+            if isinstance(event, yaml.NodeEvent):
+                nodes += 1
+                if nodes > _MAX_VALUES:
+                    raise ConfigError(
+                        f"{shown}: the config is too large: it holds more than {_MAX_VALUES:,} "
+                        "values."
+                    )
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > _MAX_DEPTH:
+                    mark = event.start_mark
+                    raise ConfigError(
+                        f"{shown}:{mark.line + 1}:{mark.column + 1}: lists and mappings nest "
+                        f"more than {_MAX_DEPTH} levels deep."
+                    )
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except yaml.YAMLError:
+        return
+    finally:
+        parser.dispose()
 
 
 def _check_size(root: yaml.Node, shown: str) -> None:

@@ -195,6 +195,7 @@ class RunSpec:
         dtype: a floating-point dtype name to cast inputs and ``v`` to, or ``None`` to keep theirs.
         device: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``.
         config: the config file the run came from (``None`` for a config-free command line).
+        config_sha256: the sha256 of the config's bytes as they were read.
         expect: a safetensors file of reference results (a golden) to compare the results with,
             or to write with ``--update-golden``; ``None`` for no comparison.
         rtol, atol: the golden comparison's bounds for every tensor (``None``: not set).
@@ -226,6 +227,7 @@ class RunSpec:
     device: str = "cpu"
     batched_v: bool = False
     config: Path | None = None
+    config_sha256: str | None = None
     expect: Path | None = None
     rtol: float | None = None
     atol: float | None = None

@@ -8,6 +8,7 @@ import copy
 import hashlib
 import itertools
 import json
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path, PurePath
@@ -266,9 +267,18 @@ def _fill_templates(document: ConfigDocument, labels: Mapping[str, str]) -> None
 
 def _fill_template(document: ConfigDocument, templated: str, labels: Mapping[str, str]) -> None:
     text = document.data.get(templated)
+    if isinstance(text, str) and text.endswith(("/", os.sep)):
+        # A folder (``-o results/``): the run's file goes in it.
+        text = f"{text}{{name}}.safetensors"
     if not isinstance(text, str) or ("{" not in text and "}" not in text):
         return
     where = document.locate((templated,))
+    stray = _PLACEHOLDER.sub("", text)
+    if "{" in stray or "}" in stray:
+        raise ConfigError(
+            f"{where}: {templated!r} has an unbalanced brace: {text!r}. Placeholders are written "
+            "{name} or {KEY}; {{ and }} stand for literal braces."
+        )
 
     def fill(match: re.Match[str]) -> str:
         if match[1] is None:
@@ -283,16 +293,36 @@ def _fill_template(document: ConfigDocument, templated: str, labels: Mapping[str
         if key in labels:
             return labels[key]
         value = document.data.get(key, KEYS[key].default)
-        if key == "name" and value is None and document.config is not None:
-            return document.config.stem
+        if key == "name" and value is None:
+            return _default_name(document)
         if value is None:
             raise ConfigError(
                 f"{where}: {templated!r} uses {{{key}}}, but {document.origin} does not set "
                 f"{key!r}."
             )
-        return value if key == "name" and isinstance(value, str) else _label(key, value)
+        if key == "name" and isinstance(value, str):
+            return _file_name(value, where, templated)
+        return _label(key, value)
 
     document.data[templated] = _PLACEHOLDER.sub(fill, text)
+
+
+def _default_name(document: ConfigDocument) -> str:
+    """A run's name when nothing sets it: the config file's name, else the function's."""
+    if document.config is not None:
+        return document.config.stem
+    return _label("function", document.data.get("function"))
+
+
+def _file_name(name: str, where: str, templated: str) -> str:
+    """A run's name as it goes into a path: one file name, never a way out of its folder."""
+    if name in (".", "..") or any(c in name for c in ("/", "\\", "\0")) or not name.strip():
+        raise ConfigError(
+            f"{where}: {templated!r} uses {{name}}, and the run's name {name!r} cannot be part of "
+            "a file name (it holds a path separator, or is '.' or '..'): name runs with letters, "
+            "digits and - _ . + = only."
+        )
+    return name
 
 
 def _reject_clashes(built: Sequence[tuple[RunSpec, ConfigDocument, str]]) -> None:

@@ -68,7 +68,7 @@ def build_spec(document: ConfigDocument) -> RunSpec:
     if values["tolerances"] is None:
         values["tolerances"] = {}
     # The keys are RunSpec's fields.
-    spec = RunSpec(**values, config=document.config)
+    spec = RunSpec(**values, config=document.config, config_sha256=document.config_sha256)
     _reject_overwriting_inputs(spec, document)
     return spec
 

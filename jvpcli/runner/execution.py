@@ -520,7 +520,7 @@ def _metadata(
     paths: Sequence[str],
 ) -> dict[str, str]:
     spec = checked.spec
-    files: dict[str, Path | None] = {"config": spec.config, **_data_files(spec), **function.files}
+    files: dict[str, Path | None] = {**_data_files(spec), **function.files}
     metadata = {
         "format": "pt",
         "jvpcli.version": __version__,
@@ -553,6 +553,8 @@ def _metadata(
     for key, direction in (("v", spec.v), ("v_params", spec.v_params)):
         if isinstance(direction, RandomDirections):
             metadata[f"jvpcli.{key}.random"] = direction.spec_text()
+    if spec.config_sha256 is not None:
+        metadata["jvpcli.sha256.config"] = spec.config_sha256
     for role, path in files.items():
         if path is not None:
             metadata[f"jvpcli.sha256.{role}"] = cache.files.sha256(path)
