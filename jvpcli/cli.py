@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
 import signal
 import threading
@@ -41,6 +42,7 @@ from jvpcli.errors import (
     ConfigError,
     Interrupted,
     JvpcliError,
+    OverwriteError,
     RunsFailed,
     Terminated,
     display_path,
@@ -264,7 +266,13 @@ def compute(
             from jvpcli.runner import WorkerCache, plan_runs, run_locally
 
             cache = WorkerCache()
-            checked = plan_runs(runs, cache, update_golden=update_golden, name_runs=sweep.is_sweep)
+            checked = plan_runs(
+                runs,
+                cache,
+                update_golden=update_golden,
+                name_runs=sweep.is_sweep,
+                writes={} if junit_xml is None else {"--junit-xml": junit_xml},
+            )
             record.runs = [run.spec for run in checked]
             if sweep.is_sweep or not checked:
                 _compute_sweep(
@@ -320,6 +328,10 @@ def _junit_report(path: Path | None, record: _Record, stderr: Console) -> Iterat
         return
     try:
         yield
+    except OverwriteError as refused:
+        if refused.target != path:
+            _write_junit(path, record, refused)
+        raise  # the report itself would destroy a file the command reads: none is written
     except BaseException as caught:
         error = caught if isinstance(caught, JvpcliError) else None
         if isinstance(caught, KeyboardInterrupt):
@@ -335,6 +347,8 @@ def _junit_report(path: Path | None, record: _Record, stderr: Console) -> Iterat
 
 
 def _write_junit(path: Path, record: _Record, error: JvpcliError | None) -> None:
+    if record.config is not None and _same_file(path, record.config):
+        return  # an error before planning: the report must not replace the config it names
     properties = {"jvpcli.version": __version__, "update_golden": json.dumps(record.update_golden)}
     if record.config is not None:
         properties["config"] = display_path(record.config)
@@ -353,6 +367,13 @@ def _write_junit(path: Path, record: _Record, error: JvpcliError | None) -> None
     except OSError as failure:
         reason = failure.strerror or failure
         raise ConfigError(f"cannot write --junit-xml {display_path(path)}: {reason}.") from None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _compute_sweep(

@@ -30,6 +30,7 @@ __all__ = [
     "FunctionLoadError",
     "Interrupted",
     "JvpcliError",
+    "OverwriteError",
     "RunsFailed",
     "SourceLocation",
     "TensorFileError",
@@ -38,6 +39,7 @@ __all__ = [
     "VerificationError",
     "display_path",
     "format_shape",
+    "is_library_file",
     "user_location",
 ]
 
@@ -71,6 +73,18 @@ class UsageError(JvpcliError):
 
 class ConfigError(UsageError):
     """The config (file, ``--set`` or option) is malformed or names something that does not fit."""
+
+
+class OverwriteError(ConfigError):
+    """The command would write over a file it reads (exit code 2).
+
+    Attributes:
+        target: the file that would be written.
+    """
+
+    def __init__(self, message: str, *, target: Path) -> None:
+        super().__init__(message)
+        self.target = target
 
 
 class FunctionLoadError(UsageError):
@@ -157,7 +171,7 @@ def user_location(error: BaseException, user_files: Collection[Path]) -> SourceL
         )
     wanted = {os.path.realpath(path) for path in user_files}
     for frame in reversed(traceback.extract_tb(error.__traceback__)):
-        if os.path.realpath(frame.filename) in wanted or not _is_library_file(frame.filename):
+        if os.path.realpath(frame.filename) in wanted or not is_library_file(frame.filename):
             return _location(frame)
     return None
 
@@ -179,7 +193,8 @@ _LIBRARY_ROOTS = tuple(
 )
 
 
-def _is_library_file(filename: str) -> bool:
+def is_library_file(filename: str) -> bool:
+    """Whether ``filename`` belongs to Python, an installed package or jvpcli (not the user)."""
     if filename.startswith("<"):
         return True
     real = os.path.realpath(filename)

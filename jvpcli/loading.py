@@ -17,7 +17,7 @@ import logging
 import re
 import sys
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -35,10 +35,16 @@ from jvpcli.config import (
     Reference,
 )
 from jvpcli.containment import describe, failures
-from jvpcli.errors import FunctionLoadError, display_path, format_shape, user_location
+from jvpcli.errors import (
+    FunctionLoadError,
+    display_path,
+    format_shape,
+    is_library_file,
+    user_location,
+)
 from jvpcli.tensors import read_header, read_tensors
 
-__all__ = ["LoadedFunction", "load_function"]
+__all__ = ["LoadedFunction", "load_function", "user_sources"]
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,7 @@ def load_function(
         return _load_exported(spec.archive)
     if isinstance(spec, PretrainedFunction):
         return _load_pretrained(spec)
+    before = set(sys.modules)
     module = None if modules is None else modules.get(spec.ref.module)
     if module is None:
         module = _import(spec.ref)
@@ -115,7 +122,47 @@ def load_function(
             files["function.weights"] = spec.weights
     if isinstance(func, nn.Module):
         func.eval().requires_grad_(False)
+    new_modules = [sys.modules[name] for name in set(sys.modules) - before if name in sys.modules]
+    for path in user_sources([module, *new_modules]):
+        if path not in files.values():
+            files[f"function.imports/{path}"] = path
     return _loaded(func, spec.ref.name, source_files, files)
+
+
+def user_sources(modules: Iterable[ModuleType]) -> tuple[Path, ...]:
+    """The user's source files behind ``modules``: theirs, and those of every user module they
+    reach through their globals (an imported module, or the module an imported name comes
+    from), transitively; Python's, installed packages' and jvpcli's own files are left out.
+
+    What a result depends on, for ``--resume``: editing a helper module the function imports
+    makes its result stale.
+    """
+    found: dict[str, Path] = {}
+    stack = list(modules)
+    visited: set[int] = set()
+    while stack:
+        module = stack.pop()
+        if id(module) in visited:
+            continue
+        visited.add(id(module))
+        filename = getattr(module, "__file__", None)
+        if not isinstance(filename, str) or is_library_file(filename):
+            continue
+        path = Path(filename).resolve()
+        if path.suffix != ".py" or not path.is_file():
+            continue
+        found.setdefault(str(path), path)
+        for value in list(vars(module).values()):
+            if isinstance(value, ModuleType):
+                stack.append(value)
+                continue
+            try:
+                owner = sys.modules.get(getattr(value, "__module__", None) or "")
+            except Exception:  # an object whose attributes cannot be read: nothing to follow
+                continue
+            if owner is not None:
+                stack.append(owner)
+    return tuple(found[key] for key in sorted(found))
 
 
 def _loaded(

@@ -504,6 +504,7 @@ def _fingerprint(checked: CheckedRun, cache: WorkerCache, function: LoadedFuncti
     spec = checked.spec
     files = {**_data_files(spec), **function.files}
     identity = {
+        "versions": {"jvpcli": __version__, "torch": torch.__version__},
         "settings": spec.settings(),
         "sha256": {role: cache.files.sha256(p) for role, p in files.items() if p is not None},
     }

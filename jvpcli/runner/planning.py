@@ -9,7 +9,7 @@ that :func:`~jvpcli.runner.execution.execute_run` needs, with a per-process
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from jvpcli.directions import select
 from jvpcli.errors import (
     ConfigError,
     JvpcliError,
+    OverwriteError,
     TensorFileError,
     display_path,
     format_shape,
@@ -240,17 +241,22 @@ def plan_runs(
     *,
     update_golden: bool = False,
     name_runs: bool = False,
+    writes: Mapping[str, Path] | None = None,
 ) -> tuple[CheckedRun, ...]:
-    """:func:`check_run` every run, before any computes.
+    """:func:`check_run` every run, before any computes, and check that nothing the command
+    writes is a file it reads.
 
     Args:
         specs: the runs.
         cache: where the functions and headers checked are kept, for executing locally.
         update_golden: as for :func:`check_run`.
         name_runs: start each error's message with the name of the run at fault.
+        writes: other files the command writes, by the option that names them
+            (``{"--junit-xml": path}``).
 
     Raises:
-        UsageError: from :func:`check_run`, for the first unusable run.
+        UsageError: from :func:`check_run`, for the first unusable run; a file written is one
+            read (the same file under another name too: a symbolic or hard link).
     """
     checked = []
     for spec in specs:
@@ -262,7 +268,69 @@ def plan_runs(
             raise type(error)(
                 f"run {spec.name!r}: {error.message}", location=error.location
             ) from error
+    _reject_overwrites(checked, cache, writes or {}, update_golden)
     return tuple(checked)
+
+
+def _reject_overwrites(
+    runs: Sequence[CheckedRun],
+    cache: WorkerCache,
+    extra: Mapping[str, Path],
+    update_golden: bool,
+) -> None:
+    """Refuse a command that would write over a file it reads: compared as files (resolved, and
+    by device and inode where they exist), so that a symbolic or hard link to an input counts."""
+    reads: dict[tuple[object, ...], tuple[str, Path]] = {}
+    for run in runs:
+        spec = run.spec
+        named = dict(spec.read_files())
+        if update_golden:
+            named.pop("expect", None)
+        if spec.config is not None and spec.config.is_file():
+            named["config"] = spec.config
+        named.update(cache.function(spec).files)
+        for role, path in named.items():
+            reads.setdefault(_identity(path), (f"run {spec.name!r} reads as {role!r}", path))
+    # The reports first: when a run's output is refused, the report is still safe to write.
+    writes: list[tuple[str, Path]] = list(extra.items())
+    writes += [(f"the output of run {run.spec.name!r}", run.spec.output) for run in runs]
+    if update_golden:
+        writes += [
+            (f"the golden of run {run.spec.name!r}", run.spec.expect)
+            for run in runs
+            if run.spec.expect is not None
+        ]
+    written: dict[tuple[object, ...], str] = {}
+    for what, path in writes:
+        key = _identity(path)
+        if key in reads:
+            reader, read = reads[key]
+            same = "" if read == path else f" (the same file as {display_path(read)})"
+            raise OverwriteError(
+                f"{what}, {display_path(path)}, is a file {reader}{same}: writing it would "
+                "destroy it. Write elsewhere.",
+                target=path,
+            )
+        shared_golden = what.startswith("the golden") and written.get(key, "").startswith(
+            "the golden"
+        )
+        if key in written and not shared_golden:
+            raise OverwriteError(
+                f"{what}, {display_path(path)}, is also {written[key]}: one would overwrite the "
+                "other.",
+                target=path,
+            )
+        written[key] = what
+
+
+def _identity(path: Path) -> tuple[object, ...]:
+    """What makes two paths one file: its device and inode when it exists, else its resolved
+    path."""
+    try:
+        status = path.stat()
+    except OSError:
+        return ("path", str(path.resolve()))
+    return ("inode", status.st_dev, status.st_ino)
 
 
 def golden_header(cache: WorkerCache, path: Path) -> TensorFileHeader:
