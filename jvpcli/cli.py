@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -249,6 +250,10 @@ def compute(
     with _reporting(stdout, stderr, json_, debug, payload):
         if junit_xml is not None and junit_xml.is_dir():
             raise ConfigError(f"--junit-xml {display_path(junit_xml)} is a folder; name a file.")
+        if junit_xml is not None:
+            from jvpcli.runner.planning import check_writable
+
+            check_writable(junit_xml.absolute(), "--junit-xml")
         with _junit_report(junit_xml, record, stderr):
             overrides = _overrides(set_)
             for key, value in named.items():
@@ -567,7 +572,41 @@ def main() -> None:
 
 def _consoles() -> tuple[Console, Console]:
     # Made per command, so they write to the streams of the moment (tests swap them).
-    return Console(), Console(stderr=True)
+    return Console(file=_Stdout(sys.stdout)), Console(stderr=True)
+
+
+class OutputError(JvpcliError):
+    """Standard output is closed, full or gone: what the command had to say is lost (exit 1)."""
+
+
+class _Stdout:
+    """Standard output, whose failures (a full disk, a closed descriptor) are jvpcli errors with
+    one clear message rather than tracebacks: writing a result is not done until it is shown."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._guarded(lambda stream: stream.write(text))
+
+    def flush(self) -> None:
+        self._guarded(lambda stream: stream.flush())
+
+    def isatty(self) -> bool:
+        return self._stream is not None and self._stream.isatty()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    def _guarded(self, action: Any) -> Any:
+        if self._stream is None:
+            raise OutputError("standard output is closed: the summary cannot be printed.")
+        try:
+            return action(self._stream)
+        except OSError as error:
+            raise OutputError(
+                f"cannot write to standard output: {error.strerror or error}."
+            ) from None
 
 
 def _overrides(assignments: list[str] | None) -> list[Override]:
@@ -608,11 +647,13 @@ def _reporting(
                 f"internal error: {type(caught).__name__}: {caught}. This is a bug in jvpcli; "
                 "--debug shows where."
             )
-        if debug:
-            stderr.out("".join(traceback.format_exception(caught)), highlight=False)
-        stderr.print(Text.assemble(("error: ", "bold red"), str(error)), soft_wrap=True)
-        if json_output:
-            _print_json(stdout, document(error, **payload))
+        with contextlib.suppress(OSError):  # a closed stderr must not hide the exit code
+            if debug:
+                stderr.out("".join(traceback.format_exception(caught)), highlight=False)
+            stderr.print(Text.assemble(("error: ", "bold red"), str(error)), soft_wrap=True)
+        if json_output and not isinstance(error, OutputError):
+            with contextlib.suppress(OutputError):
+                _print_json(stdout, document(error, **payload))
         raise typer.Exit(error.exit_code) from None
     finally:
         if previous is not None:

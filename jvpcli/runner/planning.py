@@ -9,6 +9,7 @@ that :func:`~jvpcli.runner.execution.execute_run` needs, with a per-process
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,9 @@ def check_run(spec: RunSpec, cache: WorkerCache, *, update_golden: bool = False)
         differentiated = check_tangents(
             inputs, v, spec.dtype, spec.batched_v, parameters_too=spec.v_params is not None
         )
+    check_writable(spec.output, "output")
+    if update_golden and spec.expect is not None:
+        check_writable(spec.expect, "expect")
     for role, path in (("output", spec.output), ("expect", spec.expect)):
         if path is not None and path.is_dir():
             raise ConfigError(f"{role} {display_path(path)} is a folder; name a file.")
@@ -331,6 +335,37 @@ def _identity(path: Path) -> tuple[object, ...]:
     except OSError:
         return ("path", str(path.resolve()))
     return ("inode", status.st_dev, status.st_ino)
+
+
+def check_writable(path: Path, role: str) -> None:
+    """Check, before anything computes, that ``path`` can be created: each of its names fits the
+    file system, and its nearest existing folder is a folder this process may write in.
+
+    Raises:
+        ConfigError: a name is too long, a parent is a file, or the folder is not writable.
+    """
+    shown = display_path(path)
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        longest = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        longest = 255
+    for part in path.relative_to(existing).parts:
+        if len(os.fsencode(part)) > longest:
+            raise ConfigError(
+                f"{role} {display_path(existing / part[:40])}...: a name of "
+                f"{len(os.fsencode(part))} bytes; the file system allows {longest}."
+            )
+    if not existing.is_dir():
+        raise ConfigError(
+            f"{role} {shown} cannot be created: {display_path(existing)} is a file, not a folder."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{role} {shown} cannot be written: permission denied in {display_path(existing)}."
+        )
 
 
 def golden_header(cache: WorkerCache, path: Path) -> TensorFileHeader:
