@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import signal
 import sys
 import threading
@@ -299,12 +300,12 @@ def compute(
                     # The run computed, and its results failed a check: show them.
                     payload["runs"] = sweep_json(record.runs, [outcome])
                     if not json_:
-                        stdout.print(run_view(outcome.result))
+                        _show(stdout, run_view(outcome.result))
                 raise outcome.error
             if json_:
                 _print_json(stdout, document(runs=[run_json(outcome)]))
             elif not quiet:
-                stdout.print(run_view(outcome))
+                _show(stdout, run_view(outcome))
 
 
 @dataclass
@@ -346,7 +347,7 @@ def _junit_report(path: Path | None, record: _Record, stderr: Console) -> Iterat
         try:
             _write_junit(path, record, error)
         except ConfigError as failure:
-            stderr.print(Text.assemble(("error: ", "bold red"), str(failure)), soft_wrap=True)
+            _show(stderr, Text.assemble(("error: ", "bold red"), str(failure)))
         raise
     _write_junit(path, record, None)
 
@@ -433,7 +434,7 @@ def _compute_sweep(
         if error is None:
             _print_json(stdout, document(**payload))
     elif error is not None or not quiet:
-        stdout.print(sweep_view(runs, outcomes))
+        _show(stdout, sweep_view(runs, outcomes))
     if error is not None:
         raise error
 
@@ -473,7 +474,7 @@ class _SweepProgress:
         if self._bar is not None and self._task is not None:
             if outcome.status == "failed":
                 # Printed above the bar, so that it stays when the bar goes.
-                self._bar.console.print(line, soft_wrap=True)
+                self._bar.console.print(line)  # on a terminal: wrapped at word boundaries
             self._bar.update(self._task, advance=1, run=self._current())
         elif not self._quiet:
             self._console.print(line, soft_wrap=True, highlight=False)
@@ -505,7 +506,7 @@ def validate(
         if json_:
             _print_json(stdout, document(runs=[check_json(run) for run in checked]))
         elif not quiet:
-            stdout.print(checks_view(checked) if sweep.is_sweep else check_view(checked[0]))
+            _show(stdout, checks_view(checked) if sweep.is_sweep else check_view(checked[0]))
 
 
 @app.command()
@@ -530,7 +531,7 @@ def inspect_command(
         if json_:
             _print_json(stdout, document(file=inspect_json(inspected)))
         else:
-            stdout.print(inspect_view(inspected))
+            _show(stdout, inspect_view(inspected))
 
 
 @app.command()
@@ -562,7 +563,7 @@ def bench(
         if json_:
             _print_json(stdout, document(runs=[bench_json(result) for result in results]))
         else:
-            stdout.print(bench_view(results))
+            _show(stdout, bench_view(results))
 
 
 def main() -> None:
@@ -572,11 +573,35 @@ def main() -> None:
 
 def _consoles() -> tuple[Console, Console]:
     # Made per command, so they write to the streams of the moment (tests swap them).
-    return Console(file=_Stdout(sys.stdout)), Console(stderr=True)
+    return Console(file=_Stdout(sys.stdout)), Console(file=_Stderr(sys.stderr), stderr=True)
 
 
 class OutputError(JvpcliError):
     """Standard output is closed, full or gone: what the command had to say is lost (exit 1)."""
+
+
+class _Stderr:
+    """Standard error, without the trailing spaces tables pad lines with when it is no
+    terminal; its failures are ignored (nothing is left to tell them to)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        if self._stream is None:
+            return len(text)
+        if not self._stream.isatty():
+            text = _TRAILING_SPACES.sub("\n", text)
+        return self._stream.write(text)
+
+    def isatty(self) -> bool:
+        return self._stream is not None and self._stream.isatty()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+_TRAILING_SPACES = re.compile(r"[ \t]+\n")
 
 
 class _Stdout:
@@ -587,6 +612,9 @@ class _Stdout:
         self._stream = stream
 
     def write(self, text: str) -> int:
+        if not self.isatty():
+            # Tables pad their lines to their width: no trailing spaces in files and logs.
+            text = _TRAILING_SPACES.sub("\n", text)
         return self._guarded(lambda stream: stream.write(text))
 
     def flush(self) -> None:
@@ -615,6 +643,12 @@ def _overrides(assignments: list[str] | None) -> list[Override]:
         key, value = parse_assignment(text)
         overrides.append((key, value, f"--set {text}"))
     return overrides
+
+
+def _show(console: Console, renderable: Any) -> None:
+    # In files and logs nothing is wrapped (a path stays whole on its line); a terminal wraps
+    # prose at word boundaries.
+    console.print(renderable, soft_wrap=not console.is_terminal)
 
 
 def _print_json(console: Console, data: dict[str, Any]) -> None:
@@ -650,7 +684,7 @@ def _reporting(
         with contextlib.suppress(OSError):  # a closed stderr must not hide the exit code
             if debug:
                 stderr.out("".join(traceback.format_exception(caught)), highlight=False)
-            stderr.print(Text.assemble(("error: ", "bold red"), str(error)), soft_wrap=True)
+            _show(stderr, Text.assemble(("error: ", "bold red"), str(error)))
         if json_output and not isinstance(error, OutputError):
             with contextlib.suppress(OutputError):
                 _print_json(stdout, document(error, **payload))

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from rich import box
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -121,13 +122,10 @@ def _params_text(params: Sequence[str], direction: object) -> str:
 
 
 def _checks_table(checks: Sequence[Check]) -> RenderableType:
-    table = _table("checks")
-    table.add_column("check", no_wrap=True)
-    table.add_column("tensor", style="bold", overflow="fold")
-    table.add_column("status", no_wrap=True)
-    table.add_column("max abs error", justify="right", no_wrap=True)
-    table.add_column("at", no_wrap=True)
-    table.add_column("max rel error", justify="right", no_wrap=True)
+    table = _Rows(
+        "checks", "check", "tensor", "status", "max abs error", "at", "max rel error",
+        right=("max abs error", "max rel error"),
+    )  # fmt: skip
     details = _details()
     notes = []
     for check in checks:
@@ -301,16 +299,8 @@ def sweep_view(runs: Sequence[RunSpec], outcomes: Sequence[RunOutcome]) -> Rende
     values, then the counts."""
     finished = {outcome.spec.name: outcome for outcome in outcomes}
     verified = any(spec.expect is not None or spec.check != "none" for spec in runs)
-    table = _table(None)
-    # Only names and paths may fold: the short columns keep their width, nothing is cut short.
-    table.add_column("run", style="bold", overflow="fold")
-    table.add_column("status", no_wrap=True)
-    table.add_column("method", no_wrap=True)
-    table.add_column("time", justify="right", no_wrap=True)
-    table.add_column("max |jvp|", justify="right", no_wrap=True)
-    if verified:
-        table.add_column("checks", overflow="fold")
-    table.add_column("output", overflow="fold")
+    headings = ("run", "status", "method", "time", "max |jvp|", *(("checks",) * verified), "output")
+    table = _Rows(None, *headings, right=("time", "max |jvp|"))
     failures: list[RenderableType] = []
     warnings: list[RenderableType] = []
     counts = {"ok": 0, "skipped": 0, "failed": 0, "not run": 0}
@@ -437,13 +427,10 @@ def check_view(checked: CheckedRun) -> RenderableType:
     """What ``jvpcli validate`` found: the tensor each parameter gets, whether it is
     differentiated or constant, and where results go."""
     spec = checked.spec
-    table = _table(f"{spec.name}: {spec.function}")
-    table.add_column("#", justify="right")
-    table.add_column("parameter", no_wrap=True)
-    table.add_column("tensor", style="bold", no_wrap=True)
-    table.add_column("shape")
-    table.add_column("dtype")
-    table.add_column("role")
+    table = _Rows(
+        f"{spec.name}: {spec.function}", "#", "parameter", "tensor", "shape", "dtype", "role",
+        right=("#",),
+    )  # fmt: skip
     parameters = checked.parameters or ()
     cast = f" → {spec.dtype}" if spec.dtype else ""
     for position, name in enumerate((*checked.order, *checked.keyword)):
@@ -486,13 +473,7 @@ def _direction_text(direction: object, differentiated: Sequence[str]) -> str:
 
 def checks_view(checked: Sequence[CheckedRun]) -> RenderableType:
     """What ``jvpcli validate`` found for a sweep: one row per run, with its files and method."""
-    table = _table(None)
-    table.add_column("run", style="bold", overflow="fold")
-    table.add_column("function", overflow="fold")
-    table.add_column("inputs", overflow="fold")
-    table.add_column("v", overflow="fold")
-    table.add_column("method")
-    table.add_column("output", overflow="fold")
+    table = _Rows(None, "run", "function", "inputs", "v", "method", "output")
     for run in checked:
         spec = run.spec
         table.add_row(
@@ -547,12 +528,10 @@ def inspect_view(inspected: InspectedFile) -> RenderableType:
         table.add_row(name, format_shape(info.shape), info.dtype, *_stats_cells(stats))
     if not header.metadata:
         return Group(table, Text("no metadata", style="dim"))
-    metadata = _table(None)
-    metadata.add_column("metadata", overflow="fold")
-    metadata.add_column("value", overflow="fold")
+    metadata = _details()
     for key, value in sorted(header.metadata.items()):
         metadata.add_row(key, value)
-    return Group(table, metadata)
+    return Group(table, Text("metadata", style="italic"), metadata)
 
 
 def inspect_json(inspected: InspectedFile) -> dict[str, Any]:
@@ -583,27 +562,93 @@ def _table(title: str | None) -> Table:
     )
 
 
-def _stats_table(title: str) -> Table:
-    # A tensor's name is what a user copies: it is never split (the numbers give way first).
-    table = _table(title)
-    table.add_column("tensor", style="bold", no_wrap=True)
-    table.add_column("shape", no_wrap=True)
-    table.add_column("dtype", no_wrap=True)
-    for heading in ("norm", "min", "max"):
-        table.add_column(heading, justify="right", no_wrap=True)
-    table.add_column("finite", no_wrap=True)
-    return table
+def _stats_table(title: str) -> _Rows:
+    return _Rows(title, "tensor", "shape", "dtype", "norm", "min", "max", "finite",
+                 right=("norm", "min", "max"))  # fmt: skip
 
 
 def _stats_cells(stats: TensorStats) -> tuple[Text, ...]:
     return _number(stats.norm), _number(stats.min), _number(stats.max), _finite(stats)
 
 
-def _details() -> Table:
-    details = Table.grid(padding=(0, 2))
-    details.add_column(style="dim")
-    details.add_column(overflow="fold")
-    return details
+def _details() -> _Details:
+    return _Details()
+
+
+class _Rows:
+    """Rows of cells under headings: a table when it fits the width, else one block per row.
+
+    Names, paths and digests are what people copy, so they are never split: in the table every
+    column keeps its width (nothing folds); when the table is wider than the console, each row
+    becomes a line headed by its first cell, ``heading value`` for the short cells, and a line of
+    its own for each long one (a path), which the terminal may wrap but no renderer splits.
+    """
+
+    def __init__(self, title: str | None, *columns: str, right: Sequence[str] = ()) -> None:
+        self.title = title
+        self.columns = columns
+        self.right = set(right)
+        self.rows: list[tuple[RenderableType, ...] | None] = []
+
+    def add_row(self, *cells: RenderableType) -> None:
+        self.rows.append(cells)
+
+    def add_section(self) -> None:
+        self.rows.append(None)
+
+    def table(self) -> Table:
+        table = _table(self.title)
+        for index, heading in enumerate(self.columns):
+            justify = "right" if heading in self.right else "left"
+            table.add_column(heading, justify=justify, no_wrap=True, style="bold" * (index == 0))
+        for cells in self.rows:
+            if cells is None:
+                table.add_section()
+            else:
+                table.add_row(*cells)
+        return table
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        table = self.table()
+        natural = Measurement.get(console, options.update_width(1 << 16), table).maximum
+        if natural <= options.max_width:
+            yield table
+            return
+        if self.title:
+            yield Text(self.title, style="italic")
+        for cells in self.rows:
+            if cells is None:
+                continue
+            head, *rest = (_plain(cell) for cell in cells)
+            line = Text(head.plain, style="bold")
+            for heading, cell in zip(self.columns[1:], rest, strict=True):
+                if len(cell) > 24:
+                    continue
+                line.append(f"  {heading} ", style="dim")
+                line.append_text(cell)
+            yield line
+            for heading, cell in zip(self.columns[1:], rest, strict=True):
+                if len(cell) > 24:
+                    yield Text.assemble((f"  {heading} ", "dim"), cell)
+
+
+def _plain(cell: RenderableType) -> Text:
+    return cell if isinstance(cell, Text) else Text(str(cell))
+
+
+class _Details:
+    """``key  value`` lines, keys aligned: a value (a path, a digest) is never split."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, RenderableType]] = []
+
+    def add_row(self, key: str, value: RenderableType) -> None:
+        self.rows.append((key, value))
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = max((len(key) for key, _ in self.rows), default=0)
+        for key, value in self.rows:
+            yield Text.assemble((f"{key:<{width}}  ", "dim"), _plain(value))
 
 
 def _stats_json(key: str, stats: TensorStats) -> dict[str, Any]:

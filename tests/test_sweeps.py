@@ -126,8 +126,13 @@ def table_rows(text: str) -> dict[str, list[str]]:
     """The cells of a summary table's rows, by run name (the first line that starts with it)."""
     rows: dict[str, list[str]] = {}
     for line in text.splitlines():
-        if line.strip():
-            rows.setdefault(line.split()[0], line.split()[1:])
+        words = line.split()
+        if len(words) > 2 and words[1] == "status":
+            # The layout for a narrow console: "NAME  status S  method M  time T ...".
+            headings = {"status", "method", "time", "max", "|jvp|", "checks"}
+            rows.setdefault(words[0], [w for w in words[1:] if w not in headings])
+        elif words:
+            rows.setdefault(words[0], words[1:])
     return rows
 
 
