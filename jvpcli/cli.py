@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 from rich.text import Text
+from typer.core import TyperCommand, TyperGroup
 
 from jvpcli import __version__
 from jvpcli.config import (
@@ -74,8 +75,30 @@ if TYPE_CHECKING:
 
 __all__ = ["app", "main"]
 
+
+class _PlainFlags:
+    """Plain flags (``--json``, ``--help``, ``--install-completion``) show no value placeholder
+    in the help: ``<bool>`` after them invites ``--json true``."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class _Command(_PlainFlags, TyperCommand):
+    pass
+
+
+class _Group(_PlainFlags, TyperGroup):
+    pass
+
+
 app = typer.Typer(
     name="jvpcli",
+    cls=_Group,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
@@ -96,10 +119,15 @@ SetOption = Annotated[
     ),
 ]
 JsonOption = Annotated[
-    bool, typer.Option("--json", help="Print a machine-readable JSON summary to stdout.")
+    bool,
+    typer.Option("--json", metavar="", help="Print a machine-readable JSON summary to stdout."),
 ]
-QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")]
-DebugOption = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks of errors.")]
+QuietOption = Annotated[
+    bool, typer.Option("--quiet", "-q", metavar="", help="Print nothing on success.")
+]
+DebugOption = Annotated[
+    bool, typer.Option("--debug", metavar="", help="Show Python tracebacks of errors.")
+]
 
 
 def _print_version(value: bool) -> None:
@@ -119,6 +147,7 @@ def _root(
         bool,
         typer.Option(
             "--version",
+            metavar="",
             callback=_print_version,
             is_eager=True,
             help="Print the versions of jvpcli, torch and Python, and exit.",
@@ -132,7 +161,7 @@ def _root(
     """
 
 
-@app.command()
+@app.command(cls=_Command)
 def compute(
     config: Annotated[
         Path | None,
@@ -168,6 +197,7 @@ def compute(
         bool | None,
         typer.Option(
             "--strict/--no-strict",
+            metavar="",
             help="Fail when outputs and inputs are independent.",
             show_default=False,
         ),
@@ -176,6 +206,7 @@ def compute(
         bool | None,
         typer.Option(
             "--create-graph/--no-create-graph",
+            metavar="",
             help="Compute with an autograd graph.",
             show_default=False,
         ),
@@ -192,12 +223,13 @@ def compute(
         bool,
         typer.Option(
             "--resume",
+            metavar="",
             help="Skip runs whose output exists, intact, from the same settings and input files.",
         ),
     ] = False,
     fail_fast: Annotated[
         bool,
-        typer.Option("--fail-fast", help="Stop a sweep at its first failed run."),
+        typer.Option("--fail-fast", metavar="", help="Stop a sweep at its first failed run."),
     ] = False,
     shard: Annotated[
         str | None,
@@ -211,6 +243,7 @@ def compute(
         bool,
         typer.Option(
             "--update-golden",
+            metavar="",
             help="Write each run's results to its expect file (when its other checks pass) "
             "instead of comparing them with it.",
         ),
@@ -483,7 +516,7 @@ class _SweepProgress:
         return self._runs[self._done].name if self._done < len(self._runs) else ""
 
 
-@app.command()
+@app.command(cls=_Command)
 def validate(
     config: ConfigArgument,
     set_: SetOption = None,
@@ -509,14 +542,14 @@ def validate(
             _show(stdout, checks_view(checked) if sweep.is_sweep else check_view(checked[0]))
 
 
-@app.command()
+@app.command(cls=_Command)
 def schema() -> None:
     """Print the JSON Schema of config files, for editors to complete and check them."""
     stdout, _ = _consoles()
     _print_json(stdout, json_schema())
 
 
-@app.command("inspect")
+@app.command("inspect", cls=_Command)
 def inspect_command(
     file: Annotated[Path, typer.Argument(help="A safetensors file.")],
     json_: JsonOption = False,
@@ -534,7 +567,7 @@ def inspect_command(
             _show(stdout, inspect_view(inspected))
 
 
-@app.command()
+@app.command(cls=_Command)
 def bench(
     config: ConfigArgument,
     set_: SetOption = None,
@@ -567,8 +600,42 @@ def bench(
 
 
 def main() -> None:
-    """The ``jvpcli`` console script."""
-    app(prog_name="jvpcli")
+    """The ``jvpcli`` console script.
+
+    Usage errors (an unknown option, a missing value, an extra argument) are told as jvpcli's own
+    errors are: one ``error:`` paragraph on stderr, exit code 2, and with ``--json`` a JSON error
+    document on stdout.
+    """
+    # typer 0.2x vendors click as typer._click (earlier releases used click itself).
+    try:
+        from typer._click.exceptions import ClickException, UsageError
+    except ImportError:  # pragma: no cover - typer with click as a dependency
+        from click.exceptions import ClickException, UsageError
+
+    try:
+        code = app(prog_name="jvpcli", standalone_mode=False)
+    except UsageError as error:
+        command = error.ctx.command_path if error.ctx is not None else "jvpcli"
+        if not error.format_message():  # no command at all: the help is the answer
+            sys.exit(app(prog_name="jvpcli", args=[*sys.argv[1:], "--help"], standalone_mode=False))
+        message = error.format_message().rstrip(".")
+        _usage_error(f"{message}. See '{command} --help'.", error.exit_code)
+    except ClickException as error:
+        _usage_error(error.format_message(), error.exit_code)
+    except typer.Abort:
+        _usage_error("interrupted (Ctrl-C).", 130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_error(message: str, exit_code: int) -> None:
+    stdout, stderr = _consoles()
+    error = ConfigError(message[0].lower() + message[1:] if message else message)
+    error.exit_code = exit_code
+    _show(stderr, Text.assemble(("error: ", "bold red"), str(error)))
+    if "--json" in sys.argv[1:]:
+        with contextlib.suppress(OutputError):
+            _print_json(stdout, document(error, runs=[]))
+    sys.exit(exit_code)
 
 
 def _consoles() -> tuple[Console, Console]:

@@ -127,6 +127,8 @@ class ConfigDocument:
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
+                # The option made this mapping: errors about it (a misspelled key) blame it.
+                self.positions[path[: depth + 1]] = source
             elif not isinstance(child, dict):
                 parent = ".".join(path[: depth + 1])
                 raise ConfigError(
