@@ -57,6 +57,7 @@ from jvpcli.report import (
     check_json,
     check_view,
     checks_view,
+    convert_view,
     document,
     inspect_json,
     inspect_view,
@@ -127,6 +128,16 @@ QuietOption = Annotated[
 ]
 DebugOption = Annotated[
     bool, typer.Option("--debug", metavar="", help="Show Python tracebacks of errors.")
+]
+
+
+PlotOption = Annotated[
+    Path | None,
+    typer.Option(
+        metavar="PNG",
+        help="Also draw the tensors into a PNG: a histogram of each, and an image of the last two "
+        "dimensions of each with two or more (needs the plot extra: pip install 'jvpcli[plot]').",
+    ),
 ]
 
 
@@ -256,6 +267,7 @@ def compute(
             "run or check (written even when runs fail).",
         ),
     ] = None,
+    plot: PlotOption = None,
     json_: JsonOption = False,
     quiet: QuietOption = False,
     debug: DebugOption = False,
@@ -304,13 +316,21 @@ def compute(
             runs = sweep.runs if selection is None else selection.select(sweep.runs)
             from jvpcli.runner import WorkerCache, plan_runs, run_locally
 
+            writes = {"--junit-xml": junit_xml, "--plot": plot}
+            if plot is not None:
+                if sweep.is_sweep:
+                    raise ConfigError(
+                        "--plot draws the tensors of one run, and this config is a sweep: plot a "
+                        "run's output with jvpcli inspect OUTPUT --plot PNG."
+                    )
+                _check_plot_path(plot, [])
             cache = WorkerCache()
             checked = plan_runs(
                 runs,
                 cache,
                 update_golden=update_golden,
                 name_runs=sweep.is_sweep,
-                writes={} if junit_xml is None else {"--junit-xml": junit_xml},
+                writes={option: path for option, path in writes.items() if path is not None},
             )
             record.runs = [run.spec for run in checked]
             if sweep.is_sweep or not checked:
@@ -335,6 +355,11 @@ def compute(
                     if not json_:
                         _show(stdout, run_view(outcome.result))
                 raise outcome.error
+            if plot is not None:
+                from jvpcli.tensors import read_header, read_tensors
+
+                written = read_tensors(read_header(outcome.spec.output, "output"))
+                _plot(written, plot, f"{outcome.spec.name}: {outcome.spec.function}")
             if json_:
                 _print_json(stdout, document(runs=[run_json(outcome)]))
             elif not quiet:
@@ -552,6 +577,7 @@ def schema() -> None:
 @app.command("inspect", cls=_Command)
 def inspect_command(
     file: Annotated[Path, typer.Argument(help="A safetensors file.")],
+    plot: PlotOption = None,
     json_: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
@@ -560,11 +586,80 @@ def inspect_command(
     with _reporting(stdout, stderr, json_, debug, {"file": None}):
         from jvpcli.runner import inspect_file
 
+        if plot is not None:
+            _check_plot_path(plot, [file])
         inspected = inspect_file(file)
+        if plot is not None:
+            from jvpcli.tensors import read_tensors
+
+            _plot(read_tensors(inspected.header), plot, display_path(file))
         if json_:
             _print_json(stdout, document(file=inspect_json(inspected)))
         else:
             _show(stdout, inspect_view(inspected))
+
+
+@app.command(cls=_Command)
+def convert(
+    source: Annotated[Path, typer.Argument(help="A torch.save file (a state dict of tensors).")],
+    target: Annotated[Path, typer.Argument(help="The safetensors file to write.")],
+    json_: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Convert a torch.save file of tensors (a state dict, a checkpoint) to safetensors.
+
+    The file is loaded with torch.load(weights_only=True), which builds tensors and plain
+    containers only and refuses any other object instead of running the code a pickle names:
+    a pickled nn.Module cannot be converted this way; save its state_dict() instead.
+    """
+    stdout, stderr = _consoles()
+    with _reporting(stdout, stderr, json_, debug, {"file": None}):
+        from jvpcli.convert import convert_to_safetensors
+        from jvpcli.runner.planning import check_writable
+
+        check_writable(target.absolute(), "target")
+        result = convert_to_safetensors(source, target)
+        if json_:
+            _print_json(
+                stdout,
+                document(
+                    file={
+                        "path": str(target.absolute()),
+                        "tensors": [
+                            {"name": name, "shape": list(shape), "dtype": dtype}
+                            for name, (shape, dtype) in result.tensors.items()
+                        ],
+                        "skipped": list(result.skipped),
+                        "note": result.note,
+                    }
+                ),
+            )
+        else:
+            _show(stdout, convert_view(result, source, target))
+
+
+def _check_plot_path(plot: Path, reads: Sequence[Path]) -> None:
+    from jvpcli.runner.planning import check_writable
+
+    if plot.is_dir():
+        raise ConfigError(f"--plot {display_path(plot)} is a folder; name a PNG file.")
+    check_writable(plot.absolute(), "--plot")
+    for read in reads:
+        if _same_file(plot, read) or plot.absolute() == read.absolute():
+            raise ConfigError(
+                f"--plot {display_path(plot)} is the file {display_path(read)} the command "
+                "reads; writing it would destroy it."
+            )
+
+
+def _plot(tensors: Any, path: Path, title: str) -> None:
+    from jvpcli.plots import plot_tensors
+
+    try:
+        plot_tensors(tensors, path, title=title)
+    except OSError as error:
+        reason = error.strerror or error
+        raise JvpcliError(f"cannot write --plot {display_path(path)}: {reason}.") from None
 
 
 @app.command(cls=_Command)

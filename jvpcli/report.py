@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich import box
@@ -31,6 +32,7 @@ from jvpcli.errors import JvpcliError, display_path, format_shape
 
 if TYPE_CHECKING:
     from jvpcli.config import RunSpec
+    from jvpcli.convert import ConvertResult
     from jvpcli.runner import BenchResult, CheckedRun, InspectedFile, RunFailure, RunResult
     from jvpcli.tensors import TensorStats
     from jvpcli.verify import Check
@@ -41,6 +43,7 @@ __all__ = [
     "check_json",
     "check_view",
     "checks_view",
+    "convert_view",
     "document",
     "inspect_json",
     "inspect_view",
@@ -532,6 +535,24 @@ def inspect_view(inspected: InspectedFile) -> RenderableType:
     for key, value in sorted(header.metadata.items()):
         metadata.add_row(key, value)
     return Group(table, Text("metadata", style="italic"), metadata)
+
+
+def convert_view(result: ConvertResult, source: Path, target: Path) -> RenderableType:
+    """What ``jvpcli convert`` wrote: each tensor, and what it left out."""
+    table = _Rows(f"{display_path(source)} → {display_path(target)}", "tensor", "shape", "dtype")
+    for name, (shape, dtype) in result.tensors.items():
+        table.add_row(name, format_shape(shape), dtype)
+    parts: list[RenderableType] = [table]
+    if result.note:
+        parts.append(Text(f"note: {result.note}", style="yellow"))
+    if result.skipped:
+        shown = ", ".join(result.skipped[:8]) + (
+            f" and {len(result.skipped) - 8} more" if len(result.skipped) > 8 else ""
+        )
+        parts.append(Text(f"left out (not tensors): {shown}", style="dim"))
+    count = len(result.tensors)
+    parts.append(Text(f"wrote {count} tensor{'s' * (count != 1)}", style="green"))
+    return Group(*parts)
 
 
 def inspect_json(inspected: InspectedFile) -> dict[str, Any]:

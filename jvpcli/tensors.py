@@ -133,6 +133,7 @@ def read_header(path: Path, role: str) -> TensorFileHeader:
                 )
             (header_size,) = struct.unpack("<Q", prefix)
             if header_size > min(_MAX_HEADER_BYTES, size - 8):
+                _refuse_pickle(path, shown)
                 raise TensorFileError(
                     f"{shown} is corrupt or truncated: its header claims {header_size} bytes but "
                     f"the file has {size} bytes."
@@ -186,6 +187,20 @@ def read_header(path: Path, role: str) -> TensorFileHeader:
         )
     ordered = {name: tensors[name] for _, _, name in extents}
     return TensorFileHeader(path, role, ordered, metadata)
+
+
+def _refuse_pickle(path: Path, shown: str) -> None:
+    """Say what a file that is no safetensors file is, when it is a pickle: the usual mistake."""
+    from jvpcli.convert import sniff_pickle
+
+    kind = sniff_pickle(path)
+    if kind is not None:
+        raise TensorFileError(
+            f"{shown} is {kind}, not a safetensors file: jvpcli never unpickles data files (a "
+            "pickle can run any code). Convert it with: jvpcli convert "
+            f"{display_path(path)} {display_path(path.with_suffix('.safetensors'))} (which "
+            "loads it with torch.load(weights_only=True), refusing anything but tensors)."
+        )
 
 
 def _check_entry(name: str, entry: object, shown: str) -> tuple[TensorInfo, int, int]:
