@@ -301,7 +301,12 @@ def _load_weights(model: Callable[..., Any], spec: ModelFunction, weights: Path)
         )
     header = read_header(weights, "function.weights")
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    found = {name: info.shape for name, info in header.tensors.items()}
+    prefix = spec.weights_prefix or ""
+    found = {
+        name.removeprefix(prefix): info.shape
+        for name, info in header.tensors.items()
+        if name.startswith(prefix)
+    }
     missing = [name for name in expected if name not in found]
     unexpected = [name for name in found if name not in expected]
     wrong = [
@@ -318,12 +323,35 @@ def _load_weights(model: Callable[..., Any], spec: ModelFunction, weights: Path)
         problems.append("shape mismatch: " + _some(wrong, quote=False))
     if problems:
         arguments = ", ".join(f"{k}={v!r}" for k, v in spec.init.items())
+        common = _common_prefix(list(header.tensors), list(expected))
+        hint = (
+            f" Its names carry the prefix {common!r} (saved from a wrapper, e.g. DataParallel's "
+            f"'module.'): set function.weights_prefix: {common!r} to strip it."
+            if common and not prefix
+            else " Check function.init against the model that saved them."
+        )
         raise FunctionLoadError(
             f"the weights in {display_path(weights)} do not fit {spec.ref.name}({arguments}): "
             + "; ".join(problems)
-            + ". Check function.init against the model that saved them."
+            + "."
+            + hint
         )
-    model.load_state_dict(read_tensors(header), strict=True)
+    tensors = read_tensors(header)
+    state = {name.removeprefix(prefix): t for name, t in tensors.items() if name.startswith(prefix)}
+    model.load_state_dict(state, strict=True)
+
+
+def _common_prefix(found: list[str], expected: list[str]) -> str | None:
+    """The prefix that, stripped from every name of a weights file, gives the model's names."""
+    wanted = set(expected)
+    for name in found:
+        for target in expected:
+            if name.endswith("." + target):
+                prefix = name[: -len(target)]
+                stripped = {n.removeprefix(prefix) for n in found if n.startswith(prefix)}
+                if stripped == wanted:
+                    return prefix
+    return None
 
 
 def _load_exported(archive: Path) -> LoadedFunction:

@@ -291,5 +291,6 @@ def test_schema_describes_every_key_the_validator_accepts() -> None:
     assert schema["additionalProperties"] is False
     assert all(p.get("description") for p in schema["properties"].values())
     function_forms = schema["properties"]["function"]["oneOf"]
-    assert set(function_forms[1]["properties"]) == {"target", "init", "weights"}
+    assert set(function_forms[1]["properties"]) == {"target", "init", "weights", "weights_prefix"}
     assert set(function_forms[2]["properties"]) == {"exported"}
+    assert set(function_forms[3]["properties"]) == {"pretrained", "class", "init"}

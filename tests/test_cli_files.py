@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -101,11 +102,53 @@ def test_a_plot_never_replaces_a_file_the_command_reads(tmp_path: Path) -> None:
 def test_without_matplotlib_the_message_names_the_extra(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import sys
-
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     save_file({"x": torch.ones(3)}, tmp_path / "data.safetensors")
     result = invoke("inspect", tmp_path / "data.safetensors", "--plot", tmp_path / "p.png")
     assert result.exit_code == 2
     assert "pip install 'jvpcli[plot]'" in " ".join(result.output.split())
     assert not (tmp_path / "p.png").exists()
+
+
+@pytest.mark.parametrize("prefix", ["module.", "model.encoder."])
+def test_weights_saved_with_a_prefix_are_explained_and_loadable(
+    tmp_path: Path, prefix: str
+) -> None:
+    sys.path.insert(0, str(REPO / "samples"))
+    try:
+        from models import TinyMLP
+    finally:
+        sys.path.remove(str(REPO / "samples"))
+    model = TinyMLP(width=32, depth=2)
+    save_file({prefix + k: v for k, v in model.state_dict().items()}, tmp_path / "w.safetensors")
+    config = REPO / "configs" / "tiny_mlp.yaml"
+    weights = f"--set=function.weights={tmp_path / 'w.safetensors'}"
+    out = tmp_path / "o.safetensors"
+    refused = invoke("compute", config, weights, "-o", out)
+    assert refused.exit_code == 2
+    message = " ".join(refused.output.split())
+    assert f"carry the prefix {prefix!r}" in message
+    assert f"function.weights_prefix: {prefix!r}" in message
+    loaded = invoke(
+        "compute", config, weights, f"--set=function.weights_prefix={prefix}", "-o", out
+    )
+    assert loaded.exit_code == 0, loaded.output
+    x = load_file(REPO / "samples" / "data" / "tiny_mlp_inputs.safetensors")["x"]
+    with torch.no_grad():
+        torch.testing.assert_close(load_file(out)["func_output"], model.eval()(x))
+
+
+def test_every_missing_file_is_named_at_once_with_where_paths_resolve(tmp_path: Path) -> None:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "run.yaml").write_text(
+        "function: fns.py:f\ninputs: data/x.safetensors\nv: data/v.safetensors\n"
+        "output: out.safetensors\n"
+    )
+    result = invoke("compute", folder / "run.yaml")
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())
+    assert "3 files do not exist" in message
+    for name in ("fns.py", "data/x.safetensors", "data/v.safetensors"):
+        assert name in message
+    assert "resolve against the config's folder" in message

@@ -224,6 +224,8 @@ FUNCTION_KEYS: dict[str, str] = {
     "init": "Keyword arguments target is called with.",
     "weights": "Safetensors state dict, loaded strictly; the model is then put in eval mode "
     "with its weights frozen.",
+    "weights_prefix": "With weights: a prefix its names carry and the model's do not (e.g. "
+    "'module.' from DataParallel, 'model.'), stripped before loading.",
     "exported": "A torch.export archive (.pt2): no Python source needed.",
     "pretrained": "A model folder as save_pretrained writes it (config.json and safetensors "
     "weights), loaded offline, in eval mode with its weights frozen.",

@@ -42,6 +42,10 @@ def json_schema() -> dict[str, Any]:
                     "target": {**reference, "description": FUNCTION_KEYS["target"]},
                     "init": {"type": "object", "description": FUNCTION_KEYS["init"]},
                     "weights": {"type": "string", "description": FUNCTION_KEYS["weights"]},
+                    "weights_prefix": {
+                        "type": "string",
+                        "description": FUNCTION_KEYS["weights_prefix"],
+                    },
                 },
             },
             {

@@ -78,6 +78,7 @@ class ModelFunction:
     ref: Reference
     init: Mapping[str, Any] = field(default_factory=dict)
     weights: Path | None = None
+    weights_prefix: str | None = None
 
     def __str__(self) -> str:
         return str(self.ref)
@@ -255,6 +256,8 @@ class RunSpec:
                 "init": dict(self.function.init),
                 "weights": None if self.function.weights is None else str(self.function.weights),
             }
+            if self.function.weights_prefix is not None:
+                function["weights_prefix"] = self.function.weights_prefix
         elif isinstance(self.function, PretrainedFunction):
             function = {
                 "pretrained": str(self.function.folder),

@@ -260,7 +260,9 @@ def _validate_function(value: Any, document: ConfigDocument) -> FunctionSpec:
             "write function.target."
         )
     if exported is not None:
-        extra = [k for k in ("target", "init", "weights") if value.get(k) is not None]
+        extra = [
+            k for k in ("target", "init", "weights", "weights_prefix") if value.get(k) is not None
+        ]
         if extra:
             raise ConfigError(
                 f"{document.locate(path)}: 'function.exported' cannot be combined with "
@@ -287,12 +289,20 @@ def _validate_function(value: Any, document: ConfigDocument) -> FunctionSpec:
         where = document.locate((*path, "weights"))
         text = expect_string("function.weights", weights, where)
         weights = resolve_path(text, document.base_for((*path, "weights")))
-    return ModelFunction(ref, init, weights)
+    prefix = value.get("weights_prefix")
+    if prefix is not None:
+        where = document.locate((*path, "weights_prefix"))
+        prefix = expect_string("function.weights_prefix", prefix, where)
+        if weights is None:
+            raise ConfigError(f"{where}: 'function.weights_prefix' needs function.weights.")
+    return ModelFunction(ref, init, weights, prefix)
 
 
 def _validate_pretrained(value: dict[str, Any], document: ConfigDocument) -> PretrainedFunction:
     path: KeyPath = ("function",)
-    extra = [k for k in ("target", "weights", "exported") if value.get(k) is not None]
+    extra = [
+        k for k in ("target", "weights", "weights_prefix", "exported") if value.get(k) is not None
+    ]
     if extra:
         raise ConfigError(
             f"{document.locate(path)}: 'function.pretrained' cannot be combined with "

@@ -262,6 +262,7 @@ def plan_runs(
         UsageError: from :func:`check_run`, for the first unusable run; a file written is one
             read (the same file under another name too: a symbolic or hard link).
     """
+    _reject_missing(specs, name_runs)
     checked = []
     for spec in specs:
         try:
@@ -274,6 +275,37 @@ def plan_runs(
             ) from error
     _reject_overwrites(checked, cache, writes or {}, update_golden)
     return tuple(checked)
+
+
+def _reject_missing(specs: Sequence[RunSpec], name_runs: bool) -> None:
+    """Name every file the runs read that does not exist, all at once (a golden, which
+    ``--update-golden`` writes, is checked on its own)."""
+    missing: dict[Path, tuple[str, RunSpec]] = {}
+    for spec in specs:
+        for role, path in spec.read_files().items():
+            if role != "expect" and not path.exists() and not path.is_symlink():
+                missing.setdefault(path, (role, spec))
+    if not missing:
+        return
+    entries = [
+        (f"run {spec.name!r}: " if name_runs else "") + f"{role} file {display_path(path)}"
+        for path, (role, spec) in missing.items()
+    ]
+    relative = {
+        spec.config.parent
+        for path, (_, spec) in missing.items()
+        if spec.config is not None and path.is_relative_to(spec.config.parent)
+    }
+    hint = ""
+    if relative:
+        folders = ", ".join(sorted(display_path(folder) or "." for folder in relative))
+        hint = (
+            f" Relative paths in a config resolve against the config's folder ({folders}), not "
+            "the current directory."
+        )
+    if len(entries) == 1:
+        raise ConfigError(f"{entries[0]} does not exist.{hint}")
+    raise ConfigError(f"{len(entries)} files do not exist: {'; '.join(entries)}.{hint}")
 
 
 def _reject_overwrites(
