@@ -263,12 +263,26 @@ def _ratio(numerator: float | None, denominator: float | None) -> str:
     return f"{numerator / denominator:.2f}x"
 
 
+def _markdown(table: Table) -> str:
+    """``table`` as a Markdown table, for the README: the same title, headings and cells."""
+    headings = [str(column.header) for column in table.columns]
+    cells = [[str(cell) for cell in column.cells] for column in table.columns]
+    align = ["---:" if column.justify == "right" else "---" for column in table.columns]
+    lines = [f"{table.title}:", "", "| " + " | ".join(headings) + " |"]
+    lines.append("| " + " | ".join(align) + " |")
+    lines += ["| " + " | ".join(row) + " |" for row in zip(*cells, strict=True)]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="jvpcli vs PyTorch's JVP APIs.")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--only", action="append", choices=sorted(WORKLOADS), default=None)
     parser.add_argument("--no-memory", dest="memory", action="store_false")
     parser.add_argument("--json", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--markdown", action="store_true", help="print the tables as Markdown (the README's)"
+    )
     parser.add_argument("--memory-probe", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:
@@ -326,9 +340,12 @@ def main() -> None:
             )
             entry["extra_peak_mib"] = peaks
         report["workloads"][name] = entry
-    console.print(times)
-    if args.memory:
-        console.print(memory)
+    tables = [times, memory] if args.memory else [times]
+    for table in tables:
+        if args.markdown:
+            console.print(_markdown(table), soft_wrap=True, highlight=False, markup=False)
+        else:
+            console.print(table)
     for name in names:
         console.print(f"  {name}: {WORKLOADS[name].description}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
