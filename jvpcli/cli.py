@@ -333,6 +333,7 @@ def compute(
                 writes={option: path for option, path in writes.items() if path is not None},
             )
             record.runs = [run.spec for run in checked]
+            record.planned = True
             if sweep.is_sweep or not checked:
                 _compute_sweep(
                     cache,
@@ -376,6 +377,7 @@ class _Record:
     runs: list[RunSpec] = field(default_factory=list)
     outcomes: list[RunResult | RunFailure] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
+    planned: bool = False  # every run checked, the report's path among them
 
 
 @contextlib.contextmanager
@@ -393,9 +395,11 @@ def _junit_report(path: Path | None, record: _Record, stderr: Console) -> Iterat
     try:
         yield
     except OverwriteError as refused:
-        if refused.target != path:
+        # The report is checked first: when a run's output is refused, the report is safe.
+        if not _same_path(refused.target, path):
+            record.planned = True
             _write_junit(path, record, refused)
-        raise  # the report itself would destroy a file the command reads: none is written
+        raise  # else the report itself would destroy a file the command reads: none is written
     except BaseException as caught:
         error = caught if isinstance(caught, JvpcliError) else None
         if isinstance(caught, KeyboardInterrupt):
@@ -411,8 +415,13 @@ def _junit_report(path: Path | None, record: _Record, stderr: Console) -> Iterat
 
 
 def _write_junit(path: Path, record: _Record, error: JvpcliError | None) -> None:
-    if record.config is not None and _same_file(path, record.config):
-        return  # an error before planning: the report must not replace the config it names
+    if not record.planned and path.exists() and not _is_junit_report(path):
+        # An error before every file the command reads was known: a report may replace only
+        # an earlier report, never a file that may be one of them.
+        raise ConfigError(
+            f"the JUnit report was not written: {display_path(path)} exists and is not a JUnit "
+            "report, and the command stopped before it could tell whether it reads it."
+        )
     properties = {"jvpcli.version": __version__, "update_golden": json.dumps(record.update_golden)}
     if record.config is not None:
         properties["config"] = display_path(record.config)
@@ -431,6 +440,19 @@ def _write_junit(path: Path, record: _Record, error: JvpcliError | None) -> None
     except OSError as failure:
         reason = failure.strerror or failure
         raise ConfigError(f"cannot write --junit-xml {display_path(path)}: {reason}.") from None
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    return a.absolute() == b.absolute() or a.resolve() == b.resolve() or _same_file(a, b)
+
+
+def _is_junit_report(path: Path) -> bool:
+    try:
+        with path.open("rb") as file:
+            head = file.read(4096)
+    except OSError:
+        return False
+    return head.lstrip().startswith(b"<?xml") and b"<testsuite" in head
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -8,12 +8,14 @@ process stays inside the run that called it.
 - :func:`contained` runs a block with what it prints to stdout sent to stderr (stdout carries
   ``--json`` and tables), and restores torch's global state afterwards (default dtype and device,
   grad mode, thread count, deterministic flags, attention backends, anomaly mode, matmul
-  precision, the CPU random number generator), so that one run cannot change another's numbers.
+  precision, autocast, flushing denormals, the CPU random number generator), so that one run
+  cannot change another's numbers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -43,14 +45,40 @@ def describe(error: BaseException) -> str:
 
 @contextlib.contextmanager
 def contained() -> Iterator[None]:
-    """Run user code with its stdout on stderr, and torch's global state restored after."""
+    """Run user code with its stdout on stderr, and torch's global state restored after.
+
+    The redirection is made at the file-descriptor level too, so that what user code writes to
+    descriptor 1 directly (``os.write(1, ...)``, ``sys.__stdout__``, a C extension's printf)
+    reaches stderr as well.
+    """
     saved = _save_state()
     try:
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.redirect_stdout(sys.stderr), _descriptor_one_on_two():
             yield
     finally:
         for restore in saved:
             restore()
+
+
+@contextlib.contextmanager
+def _descriptor_one_on_two() -> Iterator[None]:
+    try:
+        for stream in (sys.__stdout__, sys.stdout):
+            if stream is not None:
+                stream.flush()
+        original = os.dup(1)
+    except (OSError, ValueError):  # no descriptor 1 (closed), or a stream without one
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            if sys.__stdout__ is not None:
+                sys.__stdout__.flush()
+        os.dup2(original, 1)
+        os.close(original)
 
 
 def _save_state() -> list[Callable[[], Any]]:
@@ -85,12 +113,29 @@ def _save_state() -> list[Callable[[], Any]]:
         if hasattr(cuda, f"enable_{name}_sdp")
     ]
     restore.append(lambda: [enable(state) for enable, state in backends])
+    for device in ("cpu", "cuda"):
+        autocast = torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
+        restore.append(lambda d=device, a=autocast: _set_autocast(d, *a))
+    autocast_cache = torch.is_autocast_cache_enabled()
+    restore.append(lambda: torch.set_autocast_cache_enabled(autocast_cache))
+    denormals = _flushes_denormals()
+    restore.append(lambda: torch.set_flush_denormal(denormals))
     rng = torch.get_rng_state()
     restore.append(lambda: torch.set_rng_state(rng))
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         cuda_rng = torch.cuda.get_rng_state_all()
         restore.append(lambda: torch.cuda.set_rng_state_all(cuda_rng))
     return restore
+
+
+def _set_autocast(device: str, enabled: bool, dtype: torch.dtype) -> None:
+    torch.set_autocast_enabled(device, enabled)
+    torch.set_autocast_dtype(device, dtype)
+
+
+def _flushes_denormals() -> bool:
+    # torch has a setter and no getter: a denormal times one is zero when they are flushed.
+    return (torch.tensor([1e-39], dtype=torch.float32) * 1.0).item() == 0.0
 
 
 def _set_cudnn(enabled: bool, benchmark: bool, deterministic: bool) -> None:

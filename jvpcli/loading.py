@@ -7,6 +7,7 @@ naming the file and line where the user's code failed.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import difflib
 import hashlib
@@ -152,6 +153,7 @@ def user_sources(modules: Iterable[ModuleType]) -> tuple[Path, ...]:
         if path.suffix != ".py" or not path.is_file():
             continue
         found.setdefault(str(path), path)
+        stack.extend(_imported_by(module, path))
         for value in list(vars(module).values()):
             if isinstance(value, ModuleType):
                 stack.append(value)
@@ -192,6 +194,36 @@ def _load_pretrained(spec: PretrainedFunction) -> LoadedFunction:
     )
 
 
+def _imported_by(module: ModuleType, path: Path) -> list[ModuleType]:
+    """The modules ``module``'s source imports (``import a.b``, ``from a import b``, relative
+    ones too), as far as they are loaded: what its globals cannot show (a constant imported by
+    name has no module to point back to)."""
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (OSError, SyntaxError, ValueError):
+        return []
+    package = getattr(module, "__package__", None) or ""
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".") if package else []
+                anchor = ".".join(parts[: len(parts) - node.level + 1])
+                base = f"{anchor}.{base}".strip(".") if base else anchor
+            names.append(base)
+            names += [f"{base}.{alias.name}" for alias in node.names]
+    found = []
+    for name in names:
+        for end in range(1, name.count(".") + 2):
+            imported = sys.modules.get(".".join(name.split(".")[:end]))
+            if imported is not None:
+                found.append(imported)
+    return found
+
+
 def _import(ref: Reference) -> ModuleType:
     if not ref.is_file:
         return _import_dotted(ref)
@@ -205,6 +237,7 @@ def _import(ref: Reference) -> ModuleType:
     if spec is None or spec.loader is None:
         raise FunctionLoadError(f"cannot import {display_path(path)} as a Python module.")
     module = importlib.util.module_from_spec(spec)
+    _evict_shadowed(path.parent)
     sys.modules[name] = module  # dataclasses, pickling and torch.export look modules up there
     try:
         with _first_on_path(path.parent):
@@ -215,6 +248,23 @@ def _import(ref: Reference) -> ModuleType:
             raise
         raise _import_failure(display_path(path), error, [path]) from error
     return module
+
+
+def _evict_shadowed(folder: Path) -> None:
+    """Forget the user modules a file in ``folder`` would import by a name that another
+    folder's module holds (two function files, each with its own ``helper.py``): the new file's
+    ``import helper`` then imports its own sibling, not the first one loaded."""
+    for name, module in list(sys.modules.items()):
+        top = name.split(".")[0]
+        filename = getattr(module, "__file__", None)
+        if not isinstance(filename, str) or is_library_file(filename):
+            continue
+        sibling = folder / f"{top}.py"
+        package = folder / top / "__init__.py"
+        if (sibling.is_file() or package.is_file()) and not Path(filename).resolve().is_relative_to(
+            folder.resolve()
+        ):
+            del sys.modules[name]
 
 
 def _import_dotted(ref: Reference) -> ModuleType:

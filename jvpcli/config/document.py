@@ -175,6 +175,34 @@ def read_config(path: Path) -> ConfigDocument:
         raise ConfigError(
             f"cannot read config file {shown}: it is not UTF-8 text (byte {error.start + 1})."
         ) from None
+    data, node = _parse(text, shown)
+    if data is None:
+        raise ConfigError(
+            f"config file {shown} is empty: it needs at least function, inputs and output."
+        )
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{shown}: a config must be a mapping of keys to values, not {describe(data)}."
+        )
+    # A config read from a pipe (/dev/stdin) has no folder: its paths resolve against the cwd.
+    base = path.resolve().parent if regular else Path.cwd().resolve()
+    document = ConfigDocument(
+        data,
+        shown,
+        base,
+        config=path.resolve() if regular else path.absolute(),
+        config_sha256=hashlib.sha256(raw).hexdigest(),
+    )
+    _record_positions(node, (), shown, document.positions)
+    return document
+
+
+def _parse(text: str, shown: str) -> tuple[Any, yaml.Node | None]:
+    """YAML ``text`` as Python values, and its node graph (for positions), within the limits.
+
+    Raises:
+        ConfigError: invalid YAML (line and column given), too deep or too large.
+    """
     loader: yaml.SafeLoader | None = None
     try:
         _check_events(text, shown)
@@ -182,7 +210,7 @@ def read_config(path: Path) -> ConfigDocument:
         node = loader.get_single_node()
         if node is not None:
             _check_size(node, shown)
-        data = None if node is None else loader.construct_document(node)
+        return (None if node is None else loader.construct_document(node)), node
     except RecursionError:
         raise ConfigError(
             f"{shown}: invalid YAML: its lists and mappings nest too deeply (at most "
@@ -206,25 +234,6 @@ def read_config(path: Path) -> ConfigDocument:
     finally:
         if loader is not None:
             loader.dispose()
-    if data is None:
-        raise ConfigError(
-            f"config file {shown} is empty: it needs at least function, inputs and output."
-        )
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{shown}: a config must be a mapping of keys to values, not {describe(data)}."
-        )
-    # A config read from a pipe (/dev/stdin) has no folder: its paths resolve against the cwd.
-    base = path.resolve().parent if regular else Path.cwd().resolve()
-    document = ConfigDocument(
-        data,
-        shown,
-        base,
-        config=path.resolve() if regular else path.absolute(),
-        config_sha256=hashlib.sha256(raw).hexdigest(),
-    )
-    _record_positions(node, (), shown, document.positions)
-    return document
 
 
 def _read_bounded(path: Path, shown: str) -> tuple[bytes, bool]:
@@ -362,8 +371,9 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not equals or not key:
         raise ConfigError(f"--set {text}: expected KEY=VALUE, e.g. --set method=forward.")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as error:
-        raise ConfigError(f"--set {text}: the value is not valid YAML: {error}.") from None
+    if not raw.strip():
+        return key, ""
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"--set {key}=...: the value is larger than a config may be.")
+    value, _ = _parse(raw, f"--set {text if len(text) <= 80 else text[:77] + '...'}")
     return key, value

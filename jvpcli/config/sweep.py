@@ -8,6 +8,7 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,7 +22,10 @@ from jvpcli.config.spec import RunSpec, Sweep
 from jvpcli.config.validate import build_spec
 from jvpcli.errors import ConfigError, display_path
 
-__all__ = ["build_sweep", "load_sweep"]
+__all__ = ["MAX_RUNS", "build_sweep", "load_sweep"]
+
+MAX_RUNS = 10_000
+"""The most runs a config may describe: each is validated before the first computes."""
 
 
 _RESHAPING_KEYS = frozenset({"sweep", "runs", "name"})
@@ -95,6 +99,12 @@ def build_sweep(document: ConfigDocument, overrides: Sequence[Override] = ()) ->
                 f"{source}: {head!r} is swept ({document.locate(('sweep', head))}); change its "
                 f"values with --set sweep.{head}=[...]."
             )
+    count = len(entries) * math.prod(len(values) for values in swept.values())
+    if count > MAX_RUNS:
+        raise ConfigError(
+            f"{document.locate(('sweep',) if swept else ('runs',))}: the sweep has {count:,} runs; "
+            f"a config may describe at most {MAX_RUNS:,}. Split it into several configs."
+        )
     is_sweep = any(data.get(key) is not None for key in SWEEP_KEYS)
     top = {key: value for key, value in data.items() if key not in SWEEP_KEYS}
     swept_labels = {key: _distinct_labels(key, values) for key, values in swept.items()}

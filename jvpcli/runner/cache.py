@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from dataclasses import replace
 from types import ModuleType
 
@@ -11,8 +12,14 @@ import torch
 from torch import nn
 
 from jvpcli.config import PlainFunction, RunSpec
-from jvpcli.containment import contained
-from jvpcli.errors import ConfigError
+from jvpcli.containment import contained, describe, failures
+from jvpcli.errors import (
+    ConfigError,
+    FunctionLoadError,
+    JvpcliError,
+    is_library_file,
+    user_location,
+)
 from jvpcli.loading import LoadedFunction, load_function
 from jvpcli.reproducibility import seeded
 from jvpcli.tensors import FileCache
@@ -35,6 +42,7 @@ class WorkerCache:
         self._modules: dict[str, ModuleType] = {}
         self._functions: dict[tuple[str, str, str | None, int | None], LoadedFunction] = {}
         self._devices: dict[str, torch.device] = {}
+        self._models: set[int] = set()  # the models handed to runs (kept alive by _functions)
 
     def device(self, name: str) -> torch.device:
         """The device a run's ``device`` names (``auto`` resolved).
@@ -63,14 +71,38 @@ class WorkerCache:
         )
         function = self._functions.get(key)
         if function is None:
-            with contained(), seeded(spec.seed, device):
-                function = load_function(spec.function, self._modules)
-            if isinstance(spec.function, PlainFunction) and isinstance(function.func, nn.Module):
-                # A module-level model is shared by every run naming it: each device and dtype
-                # gets its own copy to move and cast, never the object itself.
+            try:
+                with contained(), seeded(spec.seed, device):
+                    function = load_function(spec.function, self._modules)
+            except BaseException as error:
+                if isinstance(error, JvpcliError) or not failures(error):
+                    raise
+                # User code reached outside the calls that say where (a model's eval(), a
+                # module's __getattr__): still the load's failure, never the command's exit.
+                raise FunctionLoadError(
+                    f"loading {spec.function} failed: {describe(error)}",
+                    location=user_location(error, ()),
+                ) from error
+            if isinstance(function.func, nn.Module) and self._shared(spec, function.func):
+                # A model others hold (a module-level one, one a factory hands out twice) is
+                # never moved or cast: each device and dtype gets a copy of its own.
                 function = replace(function, func=copy.deepcopy(function.func))
+            self._models.add(id(function.func))
             self._functions[key] = function
         return function
+
+    def _shared(self, spec: RunSpec, model: nn.Module) -> bool:
+        if isinstance(spec.function, PlainFunction) or id(model) in self._models:
+            return True
+        user_modules = [
+            module
+            for module in list(sys.modules.values())
+            if isinstance(getattr(module, "__file__", None), str)
+            and not is_library_file(module.__file__)
+        ]
+        return any(
+            value is model for module in user_modules for value in list(vars(module).values())
+        )
 
 
 def _resolve_device(name: str) -> torch.device:

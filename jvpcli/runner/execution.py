@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 import time
 import traceback
 from collections.abc import Mapping, Sequence
@@ -24,7 +25,7 @@ from jvpcli import __version__, _pytree
 from jvpcli._tree_jvp import jvp_tree
 from jvpcli.benchmark import candidates, compare, fastest
 from jvpcli.config import Direction, RandomDirections, RunSpec
-from jvpcli.containment import contained, describe, failures
+from jvpcli.containment import INTERRUPTS, contained, describe, failures
 from jvpcli.directions import draw
 from jvpcli.engine import Fallback, JvpInfo
 from jvpcli.errors import (
@@ -37,7 +38,7 @@ from jvpcli.errors import (
     user_location,
 )
 from jvpcli.files import write_atomically
-from jvpcli.loading import LoadedFunction
+from jvpcli.loading import LoadedFunction, user_sources
 from jvpcli.reproducibility import deterministic_algorithms, seeded
 from jvpcli.runner.cache import WorkerCache
 from jvpcli.runner.outcomes import (
@@ -97,8 +98,11 @@ def execute_run(checked: CheckedRun, cache: WorkerCache, *, resume: bool = False
     except JvpcliError as error:
         outcome = RunFailure(checked.spec, error, time.perf_counter() - started)
         _drop_locals(error)
-    except Exception as error:
-        wrapped = JvpcliError(f"{type(error).__name__}: {error}")
+    except BaseException as error:
+        if not failures(error):
+            raise
+        # User code reached outside the engine's call (moving a model: its to(), say).
+        wrapped = JvpcliError(describe(error), location=user_location(error, ()))
         wrapped.__cause__ = error
         outcome = RunFailure(checked.spec, wrapped, time.perf_counter() - started)
         _drop_locals(error)
@@ -133,6 +137,7 @@ def _compute(checked: CheckedRun, cache: WorkerCache, started: float) -> RunResu
     device = cache.device(spec.device)
     arguments = _arguments(checked, cache, function)
     args, kwargs = arguments.call(checked)
+    imported = set(sys.modules)
     try:
         with deterministic_algorithms(spec.deterministic), seeded(spec.seed, device):
             result = jvp_tree(
@@ -157,6 +162,12 @@ def _compute(checked: CheckedRun, cache: WorkerCache, started: float) -> RunResu
             f"computing the JVP of {function.name} failed: {describe(error)}",
             location=user_location(error, function.source_files),
         ) from error
+    known = set(function.files.values())
+    sources = [
+        path
+        for path in user_sources(sys.modules[name] for name in set(sys.modules) - imported)
+        if path not in known
+    ]
     leaves = tuple(leaf.path for leaf in result.leaves)
     by_path = {leaf.path: leaf for leaf in result.leaves}
     tensors: dict[str, torch.Tensor] = {}
@@ -173,12 +184,19 @@ def _compute(checked: CheckedRun, cache: WorkerCache, started: float) -> RunResu
         write_tensors(
             spec.output,
             written,
-            _metadata(checked, cache, function, result.info, written, carried_graph, leaves),
+            _metadata(
+                checked, cache, function, result.info, written, carried_graph, leaves, sources
+            ),
         )
     except (OSError, ValueError) as error:
         raise _write_error("output", spec.output, error) from error
     records = output_records(tensors, leaves)
-    checks = _verify(checked, cache, tensors, records, leaves)
+    try:
+        checks = _verify(checked, cache, tensors, records, leaves)
+    except INTERRUPTS:
+        # Stopped before the run was done: it is reported as not run, so it leaves no output.
+        spec.output.unlink(missing_ok=True)
+        raise
     return RunResult(
         spec=spec,
         device=checked.device,
@@ -215,11 +233,13 @@ def _reuse(checked: CheckedRun, cache: WorkerCache, started: float) -> RunResult
     function = cache.function(spec)
     try:
         header = read_header(spec.output, "output")
-        if header.metadata.get("jvpcli.fingerprint") != _fingerprint(checked, cache, function):
+        sources = [Path(path) for path in json.loads(header.metadata.get("jvpcli.sources", "[]"))]
+        fingerprint = _fingerprint(checked, cache, function, sources)
+        if header.metadata.get("jvpcli.fingerprint") != fingerprint:
             return None
         tensors = read_tensors(header)
-    except TensorFileError:
-        return None
+    except (TensorFileError, OSError, TypeError, ValueError):
+        return None  # torn, foreign, or a source it names is gone: never trusted
     metadata = header.metadata
     if metadata.get("jvpcli.content_sha256") != tensors_sha256(tensors):
         return None
@@ -498,11 +518,17 @@ def inspect_file(path: Path) -> InspectedFile:
     return InspectedFile(header, {name: tensor_stats(t) for name, t in tensors.items()})
 
 
-def _fingerprint(checked: CheckedRun, cache: WorkerCache, function: LoadedFunction) -> str:
+def _fingerprint(
+    checked: CheckedRun,
+    cache: WorkerCache,
+    function: LoadedFunction,
+    sources: Sequence[Path] = (),
+) -> str:
     # What identifies a run's result; the config file is left out, so that editing it (to
-    # add runs, say) does not make finished runs look stale.
+    # add runs, say) does not make finished runs look stale. ``sources``: the user's modules
+    # the function imported only when called.
     spec = checked.spec
-    files = {**_data_files(spec), **function.files}
+    files = {**_data_files(spec), **function.files, **_called(sources)}
     identity = {
         "versions": {"jvpcli": __version__, "torch": torch.__version__},
         "settings": spec.settings(),
@@ -519,9 +545,10 @@ def _metadata(
     tensors: Mapping[str, torch.Tensor],
     carried_graph: bool,
     paths: Sequence[str],
+    sources: Sequence[Path],
 ) -> dict[str, str]:
     spec = checked.spec
-    files: dict[str, Path | None] = {**_data_files(spec), **function.files}
+    files: dict[str, Path | None] = {**_data_files(spec), **function.files, **_called(sources)}
     metadata = {
         "format": "pt",
         "jvpcli.version": __version__,
@@ -539,7 +566,8 @@ def _metadata(
         "jvpcli.carried_graph": json.dumps(carried_graph),
         "jvpcli.device": checked.device,
         "jvpcli.settings": json.dumps(spec.settings(), sort_keys=True),
-        "jvpcli.fingerprint": _fingerprint(checked, cache, function),
+        "jvpcli.fingerprint": _fingerprint(checked, cache, function, sources),
+        "jvpcli.sources": json.dumps([str(path) for path in sources]),
         "jvpcli.content_sha256": tensors_sha256(tensors),
     }
     if spec.dtype is not None:
@@ -576,6 +604,10 @@ def _drop_locals(error: BaseException) -> None:
         cleared.add(id(chain))
         traceback.clear_frames(chain.__traceback__)
         chain = chain.__cause__ or chain.__context__
+
+
+def _called(sources: Sequence[Path]) -> dict[str, Path]:
+    return {f"function.calls/{path}": path for path in sources}
 
 
 def _data_files(spec: RunSpec) -> dict[str, Path]:

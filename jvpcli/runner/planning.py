@@ -17,14 +17,17 @@ from pathlib import Path
 import torch
 
 from jvpcli.config import RandomDirections, RunSpec
+from jvpcli.containment import contained, describe, failures
 from jvpcli.directions import select
 from jvpcli.errors import (
     ConfigError,
+    FunctionLoadError,
     JvpcliError,
     OverwriteError,
     TensorFileError,
     display_path,
     format_shape,
+    user_location,
 )
 from jvpcli.loading import LoadedFunction
 from jvpcli.runner.cache import WorkerCache
@@ -266,12 +269,22 @@ def plan_runs(
     checked = []
     for spec in specs:
         try:
-            checked.append(check_run(spec, cache, update_golden=update_golden))
+            with contained():
+                checked.append(check_run(spec, cache, update_golden=update_golden))
         except JvpcliError as error:
             if not name_runs:
                 raise
             raise type(error)(
                 f"run {spec.name!r}: {error.message}", location=error.location
+            ) from error
+        except BaseException as error:
+            if not failures(error):
+                raise
+            # The model's own code (state_dict(), named_parameters()) raised or exited.
+            prefix = f"run {spec.name!r}: " if name_runs else ""
+            raise FunctionLoadError(
+                f"{prefix}checking {spec.function} failed: {describe(error)}",
+                location=user_location(error, ()),
             ) from error
     _reject_overwrites(checked, cache, writes or {}, update_golden)
     return tuple(checked)
