@@ -294,12 +294,14 @@ def compute(
     }
     payload: dict[str, Any] = {"runs": []}
     with _reporting(stdout, stderr, json_, debug, payload):
-        if junit_xml is not None and junit_xml.is_dir():
-            raise ConfigError(f"--junit-xml {display_path(junit_xml)} is a folder; name a file.")
         if junit_xml is not None:
             from jvpcli.runner.planning import check_writable
 
             check_writable(junit_xml.absolute(), "--junit-xml")
+            if junit_xml.is_dir():
+                raise ConfigError(
+                    f"--junit-xml {display_path(junit_xml)} is a folder; name a file."
+                )
         with _junit_report(junit_xml, record, stderr):
             overrides = _overrides(set_)
             for key, value in named.items():
@@ -663,9 +665,9 @@ def convert(
 def _check_plot_path(plot: Path, reads: Sequence[Path]) -> None:
     from jvpcli.runner.planning import check_writable
 
+    check_writable(plot.absolute(), "--plot")
     if plot.is_dir():
         raise ConfigError(f"--plot {display_path(plot)} is a folder; name a PNG file.")
-    check_writable(plot.absolute(), "--plot")
     for read in reads:
         if _same_file(plot, read) or plot.absolute() == read.absolute():
             raise ConfigError(
@@ -774,9 +776,17 @@ class _Stderr:
     def write(self, text: str) -> int:
         if self._stream is None:
             return len(text)
-        if not self._stream.isatty():
-            text = _TRAILING_SPACES.sub("\n", text)
-        return self._stream.write(text)
+        try:
+            if not self._stream.isatty():
+                text = _TRAILING_SPACES.sub("\n", text)
+            return self._stream.write(text)
+        except (OSError, ValueError):  # stderr full or closed: the exit code still tells
+            return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            if self._stream is not None:
+                self._stream.flush()
 
     def isatty(self) -> bool:
         return self._stream is not None and self._stream.isatty()

@@ -82,44 +82,55 @@ def _descriptor_one_on_two() -> Iterator[None]:
 
 
 def _save_state() -> list[Callable[[], Any]]:
-    """Functions that put back torch's global settings as they are now."""
-    restore: list[Callable[[], Any]] = []
-    default_dtype = torch.get_default_dtype()
-    restore.append(lambda: torch.set_default_dtype(default_dtype))
-    default_device = torch.get_default_device()
-    restore.append(lambda: torch.set_default_device(default_device))
-    grad = torch.is_grad_enabled()
-    restore.append(lambda: torch.set_grad_enabled(grad))
-    threads = torch.get_num_threads()
-    restore.append(lambda: torch.set_num_threads(threads))
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    restore.append(lambda: torch.use_deterministic_algorithms(deterministic, warn_only=warn_only))
-    anomaly, check_nan = torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled()
-    restore.append(lambda: torch.autograd.set_detect_anomaly(anomaly, check_nan))
-    precision = torch.get_float32_matmul_precision()
-    restore.append(lambda: torch.set_float32_matmul_precision(precision))
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    restore.append(lambda: torch.backends.mha.set_fastpath_enabled(fastpath))
-    mkldnn = torch._C._get_mkldnn_enabled()
-    restore.append(lambda: torch._C._set_mkldnn_enabled(mkldnn))
-    cudnn = torch.backends.cudnn
-    flags = (cudnn.enabled, cudnn.benchmark, cudnn.deterministic)
-    restore.append(lambda: _set_cudnn(*flags))
-    cuda = torch.backends.cuda
-    backends = [
-        (getattr(cuda, f"enable_{name}_sdp"), getattr(cuda, f"{name}_sdp_enabled")())
-        for name in ("flash", "mem_efficient", "math", "cudnn")
-        if hasattr(cuda, f"enable_{name}_sdp")
+    """Functions that put back torch's global settings as they are now, each only when it
+    changed (some setters are not free: use_deterministic_algorithms imports torch._dynamo)."""
+    settings: list[tuple[Callable[[], Any], Callable[[Any], Any]]] = [
+        (torch.get_default_dtype, torch.set_default_dtype),
+        (torch.get_default_device, torch.set_default_device),
+        (torch.is_grad_enabled, torch.set_grad_enabled),
+        (torch.get_num_threads, torch.set_num_threads),
+        (
+            lambda: (
+                torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled(),
+            ),
+            lambda state: torch.use_deterministic_algorithms(state[0], warn_only=state[1]),
+        ),
+        (
+            lambda: (torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled()),
+            lambda state: torch.autograd.set_detect_anomaly(*state),
+        ),
+        (torch.get_float32_matmul_precision, torch.set_float32_matmul_precision),
+        (torch.backends.mha.get_fastpath_enabled, torch.backends.mha.set_fastpath_enabled),
+        (torch._C._get_mkldnn_enabled, torch._C._set_mkldnn_enabled),
+        (
+            lambda: (
+                torch.backends.cudnn.enabled,
+                torch.backends.cudnn.benchmark,
+                torch.backends.cudnn.deterministic,
+            ),
+            lambda state: _set_cudnn(*state),
+        ),
+        (torch.is_autocast_cache_enabled, torch.set_autocast_cache_enabled),
+        (_flushes_denormals, torch.set_flush_denormal),
     ]
-    restore.append(lambda: [enable(state) for enable, state in backends])
     for device in ("cpu", "cuda"):
-        autocast = torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
-        restore.append(lambda d=device, a=autocast: _set_autocast(d, *a))
-    autocast_cache = torch.is_autocast_cache_enabled()
-    restore.append(lambda: torch.set_autocast_cache_enabled(autocast_cache))
-    denormals = _flushes_denormals()
-    restore.append(lambda: torch.set_flush_denormal(denormals))
+        settings.append(
+            (
+                lambda d=device: (torch.is_autocast_enabled(d), torch.get_autocast_dtype(d)),
+                lambda state, d=device: _set_autocast(d, *state),
+            )
+        )
+    cuda = torch.backends.cuda
+    for name in ("flash", "mem_efficient", "math", "cudnn"):
+        if hasattr(cuda, f"enable_{name}_sdp"):
+            settings.append(
+                (getattr(cuda, f"{name}_sdp_enabled"), getattr(cuda, f"enable_{name}_sdp"))
+            )
+    restore: list[Callable[[], Any]] = []
+    for get, put in settings:
+        saved = get()
+        restore.append(lambda get=get, put=put, saved=saved: get() != saved and put(saved))
     rng = torch.get_rng_state()
     restore.append(lambda: torch.set_rng_state(rng))
     if torch.cuda.is_available() and torch.cuda.is_initialized():

@@ -19,7 +19,7 @@ import re
 import sys
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -45,7 +45,7 @@ from jvpcli.errors import (
 )
 from jvpcli.tensors import read_header, read_tensors
 
-__all__ = ["LoadedFunction", "load_function", "user_sources"]
+__all__ = ["LoadedFunction", "first_on_path", "load_function", "user_sources"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,8 @@ class LoadedFunction:
         keywords: the names of its keyword-only parameters.
         var_keyword: whether it takes ``**kwargs``.
         notes: what loading noticed that a user should know (weights a pretrained folder lacks).
+        search_path: the folders first on ``sys.path`` while the user's code runs (its module's
+            folder), so that it imports its siblings when called as when imported.
     """
 
     func: Callable[..., Any]
@@ -75,6 +77,7 @@ class LoadedFunction:
     keywords: tuple[str, ...] = ()
     var_keyword: bool = False
     notes: tuple[str, ...] = ()
+    search_path: tuple[Path, ...] = ()
 
 
 def load_function(
@@ -117,7 +120,8 @@ def load_function(
             )
         func = target
     else:
-        func = _build(target, spec, source_files)
+        with first_on_path(_folder(spec.ref)):
+            func = _build(target, spec, source_files)
         if spec.weights is not None:
             _load_weights(func, spec, spec.weights)
             files["function.weights"] = spec.weights
@@ -126,8 +130,13 @@ def load_function(
     new_modules = [sys.modules[name] for name in set(sys.modules) - before if name in sys.modules]
     for path in user_sources([module, *new_modules]):
         if path not in files.values():
-            files[f"function.imports/{path}"] = path
-    return _loaded(func, spec.ref.name, source_files, files)
+            files[f"function.imports:{path}"] = path
+    loaded = _loaded(func, spec.ref.name, source_files, files)
+    return replace(loaded, search_path=(_folder(spec.ref),))
+
+
+def _folder(ref: Reference) -> Path:
+    return Path(ref.module).parent if ref.is_file else ref.search_dir
 
 
 def user_sources(modules: Iterable[ModuleType]) -> tuple[Path, ...]:
@@ -228,6 +237,8 @@ def _import(ref: Reference) -> ModuleType:
     if not ref.is_file:
         return _import_dotted(ref)
     path = Path(ref.module)
+    if path.is_dir():
+        raise FunctionLoadError(f"function file {display_path(path)} is a folder, not a .py file.")
     if not path.is_file():
         raise FunctionLoadError(f"function file {display_path(path)} does not exist.")
     stem = re.sub(r"\W", "_", path.stem)
@@ -240,7 +251,7 @@ def _import(ref: Reference) -> ModuleType:
     _evict_shadowed(path.parent)
     sys.modules[name] = module  # dataclasses, pickling and torch.export look modules up there
     try:
-        with _first_on_path(path.parent):
+        with first_on_path(path.parent):
             spec.loader.exec_module(module)
     except BaseException as error:
         del sys.modules[name]
@@ -269,7 +280,7 @@ def _evict_shadowed(folder: Path) -> None:
 
 def _import_dotted(ref: Reference) -> ModuleType:
     try:
-        with _first_on_path(ref.search_dir):
+        with first_on_path(ref.search_dir):
             return importlib.import_module(ref.module)
     except ModuleNotFoundError as error:
         if error.name is not None and (ref.module + ".").startswith(error.name + "."):
@@ -292,8 +303,9 @@ def _import_failure(module: str, error: BaseException, files: list[Path]) -> Fun
 
 
 @contextlib.contextmanager
-def _first_on_path(folder: Path) -> Iterator[None]:
-    # The user's module imports its siblings as a script would; sys.path is restored after.
+def first_on_path(folder: Path) -> Iterator[None]:
+    """Run the block with ``folder`` first on ``sys.path`` (restored after): the user's code
+    imports its siblings as a script would."""
     entry = str(folder)
     sys.path.insert(0, entry)
     try:
@@ -406,6 +418,8 @@ def _common_prefix(found: list[str], expected: list[str]) -> str | None:
 
 def _load_exported(archive: Path) -> LoadedFunction:
     shown = display_path(archive)
+    if archive.is_dir():
+        raise FunctionLoadError(f"exported archive {shown} is a folder, not a .pt2 file.")
     if not archive.is_file():
         raise FunctionLoadError(f"exported archive {shown} does not exist.")
     if not zipfile.is_zipfile(archive):

@@ -9,6 +9,7 @@ raised, except Ctrl-C.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -38,7 +39,7 @@ from jvpcli.errors import (
     user_location,
 )
 from jvpcli.files import write_atomically
-from jvpcli.loading import LoadedFunction, user_sources
+from jvpcli.loading import LoadedFunction, first_on_path, user_sources
 from jvpcli.reproducibility import deterministic_algorithms, seeded
 from jvpcli.runner.cache import WorkerCache
 from jvpcli.runner.outcomes import (
@@ -139,7 +140,13 @@ def _compute(checked: CheckedRun, cache: WorkerCache, started: float) -> RunResu
     args, kwargs = arguments.call(checked)
     imported = set(sys.modules)
     try:
-        with deterministic_algorithms(spec.deterministic), seeded(spec.seed, device):
+        with (
+            contextlib.ExitStack() as stack,
+            deterministic_algorithms(spec.deterministic),
+            seeded(spec.seed, device),
+        ):
+            for folder in function.search_path:  # imports made when called find the siblings
+                stack.enter_context(first_on_path(folder))
             result = jvp_tree(
                 function.func,
                 args,
@@ -607,7 +614,7 @@ def _drop_locals(error: BaseException) -> None:
 
 
 def _called(sources: Sequence[Path]) -> dict[str, Path]:
-    return {f"function.calls/{path}": path for path in sources}
+    return {f"function.calls:{path}": path for path in sources}
 
 
 def _data_files(spec: RunSpec) -> dict[str, Path]:

@@ -296,7 +296,15 @@ def _reject_missing(specs: Sequence[RunSpec], name_runs: bool) -> None:
     missing: dict[Path, tuple[str, RunSpec]] = {}
     for spec in specs:
         for role, path in spec.read_files().items():
-            if role != "expect" and not path.exists() and not path.is_symlink():
+            if role == "expect":
+                continue
+            try:
+                present = path.exists() or path.is_symlink()
+            except OSError as error:  # a name too long, say: it cannot be read either
+                raise ConfigError(
+                    f"cannot read {role} file {display_path(path)}: {error.strerror or error}."
+                ) from None
+            if not present:
                 missing.setdefault(path, (role, spec))
     if not missing:
         return
@@ -391,7 +399,7 @@ def check_writable(path: Path, role: str) -> None:
     """
     shown = display_path(path)
     existing = path.parent
-    while not existing.exists() and existing != existing.parent:
+    while not _exists(existing) and existing != existing.parent:
         existing = existing.parent
     try:
         longest = os.pathconf(existing, "PC_NAME_MAX")
@@ -411,6 +419,13 @@ def check_writable(path: Path, role: str) -> None:
         raise ConfigError(
             f"{role} {shown} cannot be written: permission denied in {display_path(existing)}."
         )
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long for the file system: nothing there
+        return False
 
 
 def golden_header(cache: WorkerCache, path: Path) -> TensorFileHeader:
