@@ -292,24 +292,30 @@ def _check_events(text: str, shown: str) -> None:
             if isinstance(event, yaml.NodeEvent):
                 nodes += 1
                 if nodes > _MAX_VALUES:
-                    raise ConfigError(
-                        f"{shown}: the config is too large: it holds more than {_MAX_VALUES:,} "
-                        "values."
-                    )
+                    raise _too_large(shown)
             if isinstance(event, yaml.CollectionStartEvent):
                 depth += 1
                 if depth > _MAX_DEPTH:
-                    mark = event.start_mark
-                    raise ConfigError(
-                        f"{shown}:{mark.line + 1}:{mark.column + 1}: lists and mappings nest "
-                        f"more than {_MAX_DEPTH} levels deep."
-                    )
+                    raise _too_deep(shown, event.start_mark)
             elif isinstance(event, yaml.CollectionEndEvent):
                 depth -= 1
     except yaml.YAMLError:
         return
     finally:
         parser.dispose()
+
+
+def _too_large(shown: str, detail: str = "") -> ConfigError:
+    return ConfigError(
+        f"{shown}: the config is too large: it holds more than {_MAX_VALUES:,} values{detail}."
+    )
+
+
+def _too_deep(shown: str, mark: yaml.Mark) -> ConfigError:
+    return ConfigError(
+        f"{shown}:{mark.line + 1}:{mark.column + 1}: lists and mappings nest more than "
+        f"{_MAX_DEPTH} levels deep."
+    )
 
 
 def _check_size(root: yaml.Node, shown: str) -> None:
@@ -322,16 +328,9 @@ def _check_size(root: yaml.Node, shown: str) -> None:
         node, depth = stack.pop()
         count += 1
         if count > _MAX_VALUES:
-            raise ConfigError(
-                f"{shown}: the config is too large: it holds more than {_MAX_VALUES:,} values "
-                "(YAML aliases expanded)."
-            )
+            raise _too_large(shown, " (YAML aliases expanded)")
         if depth > _MAX_DEPTH:
-            mark = node.start_mark
-            raise ConfigError(
-                f"{shown}:{mark.line + 1}:{mark.column + 1}: lists and mappings nest more than "
-                f"{_MAX_DEPTH} levels deep."
-            )
+            raise _too_deep(shown, node.start_mark)
         if isinstance(node, yaml.SequenceNode):
             stack.extend((item, depth + 1) for item in node.value)
         elif isinstance(node, yaml.MappingNode):

@@ -260,14 +260,13 @@ def _validate_function(value: Any, document: ConfigDocument) -> FunctionSpec:
             "write function.target."
         )
     if exported is not None:
-        extra = [
-            k for k in ("target", "init", "weights", "weights_prefix") if value.get(k) is not None
-        ]
-        if extra:
-            raise ConfigError(
-                f"{document.locate(path)}: 'function.exported' cannot be combined with "
-                f"{', '.join(extra)}: an exported archive holds its own code and weights."
-            )
+        _refuse_combined(
+            value,
+            "exported",
+            ("target", "init", "weights", "weights_prefix"),
+            "an exported archive holds its own code and weights",
+            document,
+        )
         where = document.locate((*path, "exported"))
         text = expect_string("function.exported", exported, where)
         return ExportedFunction(resolve_path(text, document.base_for((*path, "exported"))))
@@ -298,16 +297,26 @@ def _validate_function(value: Any, document: ConfigDocument) -> FunctionSpec:
     return ModelFunction(ref, init, weights, prefix)
 
 
-def _validate_pretrained(value: dict[str, Any], document: ConfigDocument) -> PretrainedFunction:
-    path: KeyPath = ("function",)
-    extra = [
-        k for k in ("target", "weights", "weights_prefix", "exported") if value.get(k) is not None
-    ]
+def _refuse_combined(
+    value: dict[str, Any], form: str, others: tuple[str, ...], why: str, document: ConfigDocument
+) -> None:
+    extra = [key for key in others if value.get(key) is not None]
     if extra:
         raise ConfigError(
-            f"{document.locate(path)}: 'function.pretrained' cannot be combined with "
-            f"{', '.join(extra)}: a pretrained folder holds its own configuration and weights."
+            f"{document.locate(('function',))}: 'function.{form}' cannot be combined with "
+            f"{', '.join(extra)}: {why}."
         )
+
+
+def _validate_pretrained(value: dict[str, Any], document: ConfigDocument) -> PretrainedFunction:
+    path: KeyPath = ("function",)
+    _refuse_combined(
+        value,
+        "pretrained",
+        ("target", "weights", "weights_prefix", "exported"),
+        "a pretrained folder holds its own configuration and weights",
+        document,
+    )
     where = document.locate((*path, "pretrained"))
     text = expect_string("function.pretrained", value["pretrained"], where)
     folder = resolve_path(text, document.base_for((*path, "pretrained")))
