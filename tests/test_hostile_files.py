@@ -8,17 +8,16 @@ afterwards and no JUnit report written over it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
+from hostile_support import forget_user_modules
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -61,19 +60,6 @@ def snapshot(folder: Path) -> dict[str, bytes]:
         for p in sorted(folder.rglob("*"))
         if p.is_file() and "__pycache__" not in p.parts
     }
-
-
-def forget_user_modules(folder: Path) -> None:
-    """Drop the modules imported from ``folder`` (each test's helper.py is a module named
-    "helper"), as a new process would not have them."""
-    for name, module in list(sys.modules.items()):
-        if not isinstance(module, ModuleType):
-            continue
-        places = [getattr(module, "__file__", None) or ""]
-        with contextlib.suppress(Exception):
-            places += list(module.__path__)
-        if any(str(place).startswith(str(folder)) for place in places):
-            del sys.modules[name]
 
 
 @pytest.fixture(autouse=True)

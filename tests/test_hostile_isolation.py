@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from hostile_support import forget_user_modules
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
@@ -96,14 +97,6 @@ def autocast(x):
     torch.set_autocast_dtype("cpu", torch.bfloat16)
     return x * 2
 """
-
-
-def forget_user_modules(folder: Path) -> None:
-    for name, module in list(sys.modules.items()):
-        if isinstance(module, ModuleType) and str(getattr(module, "__file__", "")).startswith(
-            str(folder)
-        ):
-            del sys.modules[name]
 
 
 def user_module(folder: Path, file: str) -> ModuleType:

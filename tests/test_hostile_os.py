@@ -20,11 +20,11 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
+from hostile_support import forget_user_modules
 from safetensors import safe_open
 from safetensors.torch import save_file
 from typer.testing import CliRunner
@@ -261,14 +261,6 @@ def test_a_config_from_an_endless_device_is_read_with_bounded_memory(tmp_path: P
 
 # --------------------------------------------------------------------------------------------
 # Through CliRunner
-
-
-def forget_user_modules(folder: Path) -> None:
-    for name, module in list(sys.modules.items()):
-        if isinstance(module, ModuleType) and str(getattr(module, "__file__", "")).startswith(
-            str(folder)
-        ):
-            del sys.modules[name]
 
 
 @pytest.fixture

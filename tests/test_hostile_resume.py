@@ -13,10 +13,10 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
+from hostile_support import forget_user_modules
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -48,14 +48,6 @@ class Built(torch.nn.Module):
     def forward(self, x):
         return self.lin(x) * self.factor
 """
-
-
-def forget_user_modules(folder: Path) -> None:
-    for name, module in list(sys.modules.items()):
-        if isinstance(module, ModuleType) and str(getattr(module, "__file__", "")).startswith(
-            str(folder)
-        ):
-            del sys.modules[name]
 
 
 @pytest.fixture

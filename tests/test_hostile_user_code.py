@@ -18,11 +18,11 @@ import textwrap
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
+from hostile_support import forget_user_modules
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -368,14 +368,6 @@ def test_prints_that_bypass_sys_stdout_still_leave_json_parseable(
 
 # --------------------------------------------------------------------------------------------
 # sys.exit and friends, through CliRunner
-
-
-def forget_user_modules(folder: Path) -> None:
-    for name, module in list(sys.modules.items()):
-        if isinstance(module, ModuleType) and str(getattr(module, "__file__", "")).startswith(
-            str(folder)
-        ):
-            del sys.modules[name]
 
 
 @pytest.fixture
