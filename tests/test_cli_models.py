@@ -826,3 +826,19 @@ def test_v_params_works_for_every_model_form(tmp_path: Path, form: str) -> None:
         tuple(written[f"v_params.{n}"] for n in names),
     )
     torch.testing.assert_close(written["jvp"], expected)
+
+
+@pytest.mark.parametrize(
+    ("line", "fragment"),
+    [
+        ("outputs: []", "'outputs' is empty"),
+        ("outputs: logits", "'outputs' must be a list"),
+        ("outputs: [logits, logits]", "names logits more than once"),
+        ("save_v: 3", "'save_v' must be true or false"),
+        ("v_params: {random: normal, seed: -1}", "'v_params.seed' must be a whole number"),
+        ("v_params: {random: normal, seed: 0, k: 0}", "'v_params.k' must be a whole number"),
+    ],
+)
+def test_the_new_keys_refuse_their_worst_values(workspace: Path, line: str, fragment: str) -> None:
+    nested_inputs(workspace)
+    assert fragment in error_of(write_config(workspace, NESTED + line + "\n"))

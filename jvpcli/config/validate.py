@@ -106,6 +106,10 @@ def _validate(key: str, value: Any, document: ConfigDocument) -> Any:
         duplicates = sorted({n for n in value if value.count(n) > 1})
         if duplicates:
             raise ConfigError(f"{where}: {key!r} names {', '.join(duplicates)} more than once.")
+        if not value:
+            raise ConfigError(
+                f"{where}: {key!r} is empty; name at least one, e.g. [a], or leave the key out."
+            )
         return tuple(value)
     text = expect_string(key, value, where)
     if spec.kind in ("path", "direction"):
