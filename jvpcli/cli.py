@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import platform
 import re
 import signal
@@ -50,6 +49,7 @@ from jvpcli.errors import (
     Terminated,
     display_path,
 )
+from jvpcli.files import same_file
 from jvpcli.junit import junit_document, write_junit
 from jvpcli.report import (
     bench_json,
@@ -398,7 +398,7 @@ def _junit_report(path: Path | None, record: _Record, stderr: Console) -> Iterat
         yield
     except OverwriteError as refused:
         # The report is checked first: when a run's output is refused, the report is safe.
-        if not _same_path(refused.target, path):
+        if not same_file(refused.target, path):
             record.planned = True
             _write_junit(path, record, refused)
         raise  # else the report itself would destroy a file the command reads: none is written
@@ -444,10 +444,6 @@ def _write_junit(path: Path, record: _Record, error: JvpcliError | None) -> None
         raise ConfigError(f"cannot write --junit-xml {display_path(path)}: {reason}.") from None
 
 
-def _same_path(a: Path, b: Path) -> bool:
-    return a.absolute() == b.absolute() or a.resolve() == b.resolve() or _same_file(a, b)
-
-
 def _is_junit_report(path: Path) -> bool:
     try:
         with path.open("rb") as file:
@@ -455,13 +451,6 @@ def _is_junit_report(path: Path) -> bool:
     except OSError:
         return False
     return head.lstrip().startswith(b"<?xml") and b"<testsuite" in head
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
 
 
 def _compute_sweep(
@@ -669,7 +658,7 @@ def _check_plot_path(plot: Path, reads: Sequence[Path]) -> None:
     if plot.is_dir():
         raise ConfigError(f"--plot {display_path(plot)} is a folder; name a PNG file.")
     for read in reads:
-        if _same_file(plot, read) or plot.absolute() == read.absolute():
+        if same_file(plot, read):
             raise ConfigError(
                 f"--plot {display_path(plot)} is the file {display_path(read)} the command "
                 "reads; writing it would destroy it."

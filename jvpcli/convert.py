@@ -11,7 +11,6 @@ converted, only its ``state_dict()``.
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 import warnings
@@ -32,6 +31,7 @@ from jvpcli.errors import (
     TensorFileError,
     display_path,
 )
+from jvpcli.files import same_file
 from jvpcli.tensors import read_header, write_tensors
 
 __all__ = ["ConvertResult", "convert_to_safetensors", "sniff_pickle"]
@@ -155,7 +155,7 @@ def convert_to_safetensors(source: Path, target: Path) -> ConvertResult:
         raise TensorFileError(f"{shown} does not exist: there is nothing to convert.")
     if not source.is_file():
         raise TensorFileError(f"{shown} is not a file: give the torch.save file to convert.")
-    if _same_file(source, target):
+    if same_file(source, target):
         raise OverwriteError(
             f"the target {display_path(target)} is the source file {shown}: converting would "
             "destroy it. Write the safetensors file elsewhere, e.g. with the suffix .safetensors.",
@@ -198,15 +198,6 @@ def convert_to_safetensors(source: Path, target: Path) -> ConvertResult:
         name: (tuple(t.shape), str(t.dtype).removeprefix("torch.")) for name, t in tensors.items()
     }
     return ConvertResult(tensors=written, skipped=tuple(skipped), note=note)
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    if a.resolve() == b.resolve():
-        return True
-    try:
-        return b.exists() and os.path.samefile(a, b)  # a hard link
-    except OSError:
-        return False
 
 
 def _not_a_pickle(source: Path, shown: str) -> str:

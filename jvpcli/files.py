@@ -17,7 +17,13 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["remove_stale_temporaries", "temporaries", "write_atomically"]
+__all__ = [
+    "file_identity",
+    "remove_stale_temporaries",
+    "same_file",
+    "temporaries",
+    "write_atomically",
+]
 
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
@@ -53,6 +59,21 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         temporary.unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
+
+
+def file_identity(path: Path) -> tuple[object, ...]:
+    """What makes two paths one file: its device and inode when it exists (so that a symbolic or
+    hard link to it is the same file), else its resolved path."""
+    try:
+        status = path.stat()
+    except OSError:
+        return ("path", str(path.resolve()))
+    return ("inode", status.st_dev, status.st_ino)
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file, by :func:`file_identity`."""
+    return file_identity(a) == file_identity(b)
 
 
 def temporaries(path: Path) -> list[Path]:

@@ -29,6 +29,7 @@ from jvpcli.errors import (
     format_shape,
     user_location,
 )
+from jvpcli.files import file_identity
 from jvpcli.loading import LoadedFunction
 from jvpcli.runner.cache import WorkerCache
 from jvpcli.tensors import TensorFileHeader, bind_inputs, check_tangents, is_floating
@@ -347,7 +348,7 @@ def _reject_overwrites(
             named["config"] = spec.config
         named.update(cache.function(spec).files)
         for role, path in named.items():
-            reads.setdefault(_identity(path), (f"run {spec.name!r} reads as {role!r}", path))
+            reads.setdefault(file_identity(path), (f"run {spec.name!r} reads as {role!r}", path))
     # The reports first: when a run's output is refused, the report is still safe to write.
     writes: list[tuple[str, Path]] = list(extra.items())
     writes += [(f"the output of run {run.spec.name!r}", run.spec.output) for run in runs]
@@ -359,7 +360,7 @@ def _reject_overwrites(
         ]
     written: dict[tuple[object, ...], str] = {}
     for what, path in writes:
-        key = _identity(path)
+        key = file_identity(path)
         if key in reads:
             reader, read = reads[key]
             same = "" if read == path else f" (the same file as {display_path(read)})"
@@ -378,16 +379,6 @@ def _reject_overwrites(
                 target=path,
             )
         written[key] = what
-
-
-def _identity(path: Path) -> tuple[object, ...]:
-    """What makes two paths one file: its device and inode when it exists, else its resolved
-    path."""
-    try:
-        status = path.stat()
-    except OSError:
-        return ("path", str(path.resolve()))
-    return ("inode", status.st_dev, status.st_ino)
 
 
 def check_writable(path: Path, role: str) -> None:
