@@ -199,7 +199,7 @@ def _compute(checked: CheckedRun, cache: WorkerCache, started: float) -> RunResu
         raise _write_error("output", spec.output, error) from error
     records = output_records(tensors, leaves)
     try:
-        checks = _verify(checked, cache, tensors, records, leaves)
+        checks = _verify(checked, cache, tensors, records, leaves, arguments)
     except INTERRUPTS:
         # Stopped before the run was done: it is reported as not run, so it leaves no output.
         spec.output.unlink(missing_ok=True)
@@ -370,10 +370,12 @@ def _verify(
     tensors: Mapping[str, torch.Tensor],
     records: Sequence[OutputRecord],
     paths: Sequence[str],
+    arguments: _Arguments | None = None,
 ) -> tuple[Check, ...]:
     """Check a run's results (already in its output file): finiteness, then finite
     differences and the golden when the run asks. With ``update_golden``, the golden is
-    written from the output file when the other checks pass.
+    written from the output file when the other checks pass. ``arguments``: the run's, when it
+    has just computed with them (a reused output has none: they are loaded for the check).
 
     Raises:
         TensorFileError: the golden changed since it was checked.
@@ -384,7 +386,8 @@ def _verify(
     checks = [check_finite(stats, spec.fail_on_nonfinite)]
     if spec.check == "finite-differences":
         function = cache.function(spec)
-        arguments = _arguments(checked, cache, function)
+        if arguments is None:
+            arguments = _arguments(checked, cache, function)
         with deterministic_algorithms(spec.deterministic):
             checks.append(_finite_differences(checked, function, arguments, tensors, paths))
     if spec.expect is not None:
@@ -404,7 +407,6 @@ def _finite_differences(
     parameters), on a float64 copy of the model with the constants as they are (floating
     ones in float64)."""
     spec = checked.spec
-    device = arguments.values[next(iter(arguments.values))].device if arguments.values else None
     names = list(arguments.tangents)
     params = list(arguments.param_tangents)
     points = [arguments.values[n] for n in names]
@@ -412,7 +414,7 @@ def _finite_differences(
         entries = differentiable_parameters(function.func)
         points += [entries[n].detach() for n in params]
     directions = [*arguments.tangents.values(), *arguments.param_tangents.values()]
-    wide = float64_copy(function.func, points[0].device if device is None else device)
+    wide = float64_copy(function.func, points[0].device)  # something is always differentiated
     constants = {
         n: value.double() if value.is_floating_point() else value
         for n, value in arguments.values.items()
