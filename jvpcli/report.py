@@ -596,6 +596,9 @@ def _details() -> _Details:
     return _Details()
 
 
+_SHORT_CELL = 24  # in the block layout, a longer cell (a path) gets a line of its own
+
+
 class _Rows:
     """Rows of cells under headings: a table when it fits the width, else one block per row.
 
@@ -643,13 +646,13 @@ class _Rows:
             head, *rest = (_plain(cell) for cell in cells)
             line = Text(head.plain, style="bold")
             for heading, cell in zip(self.columns[1:], rest, strict=True):
-                if len(cell) > 24:
+                if len(cell) > _SHORT_CELL:
                     continue
                 line.append(f"  {heading} ", style="dim")
                 line.append_text(cell)
             yield line
             for heading, cell in zip(self.columns[1:], rest, strict=True):
-                if len(cell) > 24:
+                if len(cell) > _SHORT_CELL:
                     yield Text.assemble((f"  {heading} ", "dim"), cell)
 
 
