@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from jvpcli._recurrent_rules import RECURRENT_RULES
+
 Rule = Callable[[int, Callable[..., Any], tuple, dict], Any]
 
 _NUMBERS = frozenset({int, float})
@@ -314,6 +316,7 @@ def _build_rules() -> dict[Callable[..., Any], Rule]:
     ]:
         for func in funcs:
             rules[func] = rule
+    rules.update(RECURRENT_RULES)
     return rules
 
 
