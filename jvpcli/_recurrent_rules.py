@@ -390,8 +390,16 @@ def _rule(cell: _Cell, states: int) -> Callable[[int, Callable[..., Any], tuple,
 
 def _pack_padded_sequence(level: int, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
     """``torch._pack_padded_sequence`` (``nn.utils.rnn.pack_padded_sequence``), which has no
-    forward-mode rule in PyTorch: it only gathers rows, so the tangent is gathered alike."""
-    if kwargs or len(args) != 3 or not isinstance(args[0], Tensor):
+    forward-mode rule in PyTorch: it only gathers rows, so the tangent is gathered alike.
+
+    Not inside a functorch transform: PyTorch's recurrent ops cannot take the batched tangent of a
+    packed sequence, so there the missing rule makes ``auto`` fall back to double backward."""
+    if (
+        kwargs
+        or len(args) != 3
+        or not isinstance(args[0], Tensor)
+        or torch._C._functorch.maybe_current_level() is not None
+    ):
         return NotImplemented
     padded, padded_t = _unpack(args[0], level)
     if padded_t is None:
