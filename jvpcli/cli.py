@@ -689,7 +689,9 @@ def bench(
 
     Runs the plain forward pass, jvpcli's methods (auto, forward, double-backward) and those of
     PyTorch's two jvp APIs that take the config's flags, interleaved (one call each per round),
-    and reports their medians as multiples of the forward pass. Writes nothing.
+    and reports each one's median and range, the median as a multiple of the forward pass. Names
+    no winner among methods within noise of each other (the middle halves of their rounds
+    overlap) and warns when a candidate's rounds disagree by more than 20%. Writes nothing.
     """
     stdout, stderr = _consoles()
     with _reporting(stdout, stderr, json_, debug, {"runs": []}):

@@ -718,9 +718,11 @@ def _duration(seconds: float) -> str:
 
 
 def bench_view(results: Sequence[BenchResult]) -> RenderableType:
-    """What ``jvpcli bench`` measured: each candidate's median, as a multiple of the forward
-    pass, and which jvpcli method is fastest."""
-    from jvpcli.benchmark import FORWARD, PYTORCH_PEERS, fastest
+    """What ``jvpcli bench`` measured: each candidate's median, its range (fastest-slowest round),
+    the median as a multiple of the forward pass and the errors of those that failed; which
+    jvpcli method is fastest, or that the fastest are within noise of each other; and a warning
+    when rounds disagree."""
+    from jvpcli.benchmark import FORWARD
 
     parts: list[RenderableType] = []
     for result in results:
@@ -728,37 +730,86 @@ def bench_view(results: Sequence[BenchResult]) -> RenderableType:
         base = timings[FORWARD].median
         table = _table(f"{result.spec.name}: {result.spec.function}")
         table.add_column("candidate")
-        table.add_column("median", justify="right")
-        table.add_column("x forward", justify="right")
-        table.add_column("note")
+        for column in ("median", "range", "x forward"):
+            table.add_column(column, justify="right")
         for timing in timings.values():
             median = timing.median
             table.add_row(
                 timing.name,
-                "—" if median is None else _duration(median),
-                "—" if median is None or not base else f"{median / base:.2f}x",
-                Text(timing.error or "", style="red"),
+                "fails" if median is None else _duration(median),
+                "" if median is None else _duration_range(timing.min, timing.max),
+                "" if median is None or not base else f"{median / base:.2f}x",
             )
-        best = fastest(timings)
-        peers = [t.median for t in timings.values() if t.name in PYTORCH_PEERS and t.median]
-        summary = f"fastest: {best.name.removeprefix('jvpcli ')}"
-        if peers:
-            summary += f", {min(peers) / best.median:.2f}x the speed of the faster PyTorch API"
-        parts += [table, Text(summary, style="bold"), Text("")]
+        parts.append(table)
+        parts += [
+            Text(f"{t.name} failed: {t.error}", style="red") for t in timings.values() if t.error
+        ]
+        parts.append(Text(_bench_summary(timings), style="bold"))
+        warning = _noise_warning(timings)
+        if warning:
+            parts.append(Text(warning, style="yellow"))
+        parts.append(Text(""))
     return Group(*parts[:-1])
 
 
-def bench_json(result: BenchResult) -> dict[str, Any]:
-    """One run's entry in ``jvpcli bench --json``: median seconds (``null`` for a candidate that
-    failed), errors, the fastest jvpcli method and the number of timed rounds."""
-    from jvpcli.benchmark import fastest
+def _duration_range(low: float, high: float) -> str:
+    """``0.118-0.136 ms``: two durations in the unit :func:`_duration` gives the larger."""
+    if high < 1:
+        return f"{low * 1000:.3g}-{high * 1000:.3g} ms"
+    return f"{low:.3g}-{high:.3g} s"
 
-    best = fastest(result.timings)
+
+def _bench_summary(timings: Any) -> str:
+    """``fastest: METHOD`` and how it compares with the faster PyTorch API, naming no winner
+    where the candidates are within noise of each other."""
+    from jvpcli.benchmark import PYTORCH_PEERS, fastest, tied, within_noise
+
+    leaders = tied(timings)
+    if len(leaders) > 1:
+        names = ", ".join(t.name.removeprefix("jvpcli ") for t in leaders)
+        return f"fastest: none clearly; {names} are within noise of each other"
+    (best,) = leaders
+    summary = f"fastest: {best.name.removeprefix('jvpcli ')}"
+    peer = fastest({n: t for n, t in timings.items() if n in PYTORCH_PEERS}, prefix="torch.")
+    if peer is None:
+        return summary
+    if within_noise(best, peer):
+        return summary + f", within noise of the faster PyTorch API ({peer.name})"
+    return summary + f", {peer.median / best.median:.2f}x the speed of the faster PyTorch API"
+
+
+def _noise_warning(timings: Any) -> str | None:
+    from jvpcli.benchmark import NOISY_SPREAD, noisy
+
+    spreads = ", ".join(f"{t.name} {t.spread:.0%}" for t in noisy(timings))
+    if not spreads:
+        return None
+    return (
+        f"warning: rounds disagree by more than {NOISY_SPREAD:.0%} ({spreads}): the machine "
+        "looks busy; rerun on a quiet machine or with more --repeats."
+    )
+
+
+def bench_json(result: BenchResult) -> dict[str, Any]:
+    """One run's entry in ``jvpcli bench --json``: median, fastest and slowest round in seconds
+    and spread (``null`` for a candidate that failed), errors, the fastest jvpcli method
+    (``null`` when the fastest are within noise of each other, then listed in
+    ``within_noise``), the candidates whose rounds disagree (``noisy``) and the number of timed
+    rounds."""
+    from jvpcli.benchmark import noisy, tied
+
+    timings = result.timings
+    leaders = [t.name.removeprefix("jvpcli ") for t in tied(timings)]
     return {
         "name": result.spec.name,
         "function": str(result.spec.function),
-        "median_seconds": {name: t.median for name, t in result.timings.items()},
-        "errors": {name: t.error for name, t in result.timings.items() if t.error},
-        "fastest": None if best is None else best.name.removeprefix("jvpcli "),
-        "rounds": max(len(t.times) for t in result.timings.values()),
+        "median_seconds": {name: t.median for name, t in timings.items()},
+        "min_seconds": {name: t.min for name, t in timings.items()},
+        "max_seconds": {name: t.max for name, t in timings.items()},
+        "spread": {name: t.spread for name, t in timings.items()},
+        "errors": {name: t.error for name, t in timings.items() if t.error},
+        "fastest": leaders[0] if len(leaders) == 1 else None,
+        "within_noise": leaders if len(leaders) > 1 else [],
+        "noisy": [t.name for t in noisy(timings)],
+        "rounds": max(len(t.times) for t in timings.values()),
     }
