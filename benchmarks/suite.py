@@ -51,7 +51,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch._dynamo
 from rich.console import Console
 from rich.table import Table
 
@@ -397,9 +396,12 @@ class Settings:
 
 def time_workload(workload: Workload, settings: Settings) -> dict[str, Timing]:
     """Every contender's rounds on ``workload``, keyed as :data:`CONTENDERS`."""
-    # Each workload compiles afresh: its compile time is its own, and the compiled lambdas,
-    # one code object for every workload, never reach dynamo's per-function recompile limit.
-    torch._dynamo.reset()
+    if settings.compile:
+        from torch import _dynamo  # here: it takes seconds, which the memory probes need not spend
+
+        # Each workload compiles afresh: its compile time is its own, and the compiled lambdas,
+        # one code object for every workload, never reach dynamo's per-function recompile limit.
+        _dynamo.reset()
     torch.manual_seed(0)
     calls = workload.calls(settings.compile)
     return compare(
@@ -641,6 +643,7 @@ def header(settings: Settings, inductor_startup: float | None) -> dict:
         else f"{FUNC_COMPILED}; {JVPCLI_COMPILED}: "
         + ("yes" if compiled_path else "not in this jvpcli (jvpcli.jvp takes no compile)"),
         "inductor_startup_seconds": inductor_startup,
+        "baseline": FORWARD,
     }
 
 

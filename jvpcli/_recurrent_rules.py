@@ -50,12 +50,11 @@ Step = Callable[[Tensor, tuple[Tensor, ...], int, _Weights], tuple[Tensor, ...]]
 class _Cell:
     """How one kind of recurrent layer steps.
 
-    ``step(inputs, states, n, weights)`` takes this step's input products (``(2, n, gates)``:
-    primal rows, tangent rows; input bias included) and the stacked states (each ``(2n, size)``)
-    and returns the new stacked states, the hidden state first (it is also the step's output).
+    ``step(inputs, states, n, weights)`` takes this step's input products (``(2n, gates)``: the
+    primal rows, then the tangent rows; input bias included) and the states (each ``(2, n, size)``:
+    value and tangent) and returns the new states, the hidden state first (also the step's output).
     """
 
-    gates: int
     step: Step
     input_bias: Callable[[_Weights], Tensor | None]
 
@@ -67,17 +66,20 @@ def _sum_of_biases(weights: _Weights) -> Tensor | None:
 
 
 def _sigmoid_slope(activation: Tensor) -> Tensor:
-    return torch.addcmul(
-        activation, activation, activation, value=-1
-    )  # s - s², the slope of s = sigmoid
+    return torch.addcmul(activation, activation, activation, value=-1)  # s - s², s = sigmoid
 
 
 def _tanh_tangent(tangent_in: Tensor, value: Tensor) -> Tensor:
     return torch.addcmul(tangent_in, tangent_in * value, value, value=-1)  # (1 - tanh²) t
 
 
-def _recurrent_products(inputs: Tensor, hidden: Tensor, n: int, weight_t: Tensor) -> Tensor:
-    return torch.add(inputs, hidden.mm(weight_t).view(2, n, -1))
+def _rows(state: Tensor) -> Tensor:
+    """A ``(2, n, size)`` state as the ``(2n, size)`` matrix of a matmul."""
+    return state.reshape(-1, state.size(-1))
+
+
+# In place below: only add_ / addcmul_ on a fresh result, whose backward needs none of the values
+# they overwrite, so that create_graph and strict mode see through the steps.
 
 
 def _lstm_step(
@@ -85,31 +87,22 @@ def _lstm_step(
 ) -> tuple[Tensor, ...]:
     """``c' = f c + i g``, ``h' = o tanh(c')`` (gates i, f, g, o) and its tangent."""
     hidden, cell = states
-    size = cell.size(1)
-    gates = _recurrent_products(inputs, hidden, n, weights.w_hh_t)
-    pre, pre_t = gates[0], gates[1]
+    size = cell.size(-1)
+    pre, pre_t = torch.addmm(inputs, _rows(hidden), weights.w_hh_t).view(2, n, -1).unbind(0)
     activation = pre.sigmoid()
+    gates = torch.stack([activation, pre_t * _sigmoid_slope(activation)])  # g's slot unused
+    i, f, _, o = gates.chunk(4, -1)
     candidate = pre[:, 2 * size : 3 * size].tanh()
-    activation_t = pre_t * _sigmoid_slope(activation)
     candidate_t = _tanh_tangent(pre_t[:, 2 * size : 3 * size], candidate)
-    i, f, o = activation[:, :size], activation[:, size : 2 * size], activation[:, 3 * size :]
-    i_t, f_t = activation_t[:, :size], activation_t[:, size : 2 * size]
-    o_t = activation_t[:, 3 * size :]
-    c, c_t = cell[:n], cell[n:]
-    new_cell = torch.addcmul(f * c, i, candidate)
-    new_cell_t = torch.addcmul(
-        torch.addcmul(torch.addcmul(f * c_t, f_t, c), i_t, candidate), i, candidate_t
-    )
-    squashed = new_cell.tanh()
-    out_scaled_t = o * new_cell_t
-    new_hidden = o * squashed
-    new_hidden_t = torch.addcmul(
-        torch.addcmul(out_scaled_t, o_t, squashed), out_scaled_t * squashed, squashed, value=-1
-    )
-    stacked = torch.cat([new_hidden, new_hidden_t])
+    new_cell = torch.addcmul(cell * f[0], i, candidate)  # [f c + i g; f c_t + i_t g]
+    new_cell[1].addcmul_(f[1], cell[0]).addcmul_(i[0], candidate_t)
+    squashed = new_cell[0].tanh()
+    new_hidden = o * squashed  # [o tanh c'; o_t tanh c']
+    scaled = o[0] * new_cell[1]
+    new_hidden[1].add_(scaled).addcmul_(scaled * squashed, squashed, value=-1)
     if weights.w_hr_t is not None:
-        stacked = stacked.mm(weights.w_hr_t)
-    return stacked, torch.cat([new_cell, new_cell_t])
+        new_hidden = _rows(new_hidden).mm(weights.w_hr_t).view(2, n, -1)
+    return new_hidden, new_cell
 
 
 def _gru_input_bias(weights: _Weights) -> Tensor | None:
@@ -125,8 +118,9 @@ def _gru_step(
 ) -> tuple[Tensor, ...]:
     """``h' = m + z (h - m)``, ``m = tanh(W_in x + b_in + r (W_hn h + b_hn))`` and its tangent."""
     (hidden,) = states
-    size = hidden.size(1)
-    recurrent = hidden.mm(weights.w_hh_t).view(2, n, -1)
+    size = hidden.size(-1)
+    inputs = inputs.view(2, n, -1)
+    recurrent = _rows(hidden).mm(weights.w_hh_t).view(2, n, -1)
     gates = torch.add(inputs[:, :, : 2 * size], recurrent[:, :, : 2 * size])
     activation = gates[0].sigmoid()
     activation_t = gates[1] * _sigmoid_slope(activation)
@@ -136,36 +130,34 @@ def _gru_step(
     if weights.b_hh is not None:
         candidate_in = candidate_in + weights.b_hh[2 * size :]
     new = torch.addcmul(inputs[0, :, 2 * size :], r, candidate_in).tanh()
-    pre_t = torch.addcmul(
-        torch.addcmul(inputs[1, :, 2 * size :], r_t, candidate_in), r, candidate_in_t
-    )
+    pre_t = torch.addcmul(inputs[1, :, 2 * size :], r_t, candidate_in).addcmul_(r, candidate_in_t)
     new_t = _tanh_tangent(pre_t, new)
-    h, h_t = hidden[:n], hidden[n:]
-    new_hidden = torch.addcmul(new, z, h - new)
-    new_hidden_t = torch.addcmul(torch.addcmul(new_t, z_t, h - new), z, h_t - new_t)
-    return (torch.cat([new_hidden, new_hidden_t]),)
+    difference = hidden[0] - new
+    new_hidden = torch.addcmul(new, z, difference)
+    new_hidden_t = torch.addcmul(new_t, z_t, difference).addcmul_(z, hidden[1] - new_t)
+    return (torch.stack([new_hidden, new_hidden_t]),)
 
 
 def _tanh_step(
     inputs: Tensor, states: tuple[Tensor, ...], n: int, weights: _Weights
 ) -> tuple[Tensor, ...]:
-    pre = _recurrent_products(inputs, states[0], n, weights.w_hh_t)
-    new = pre[0].tanh()
-    return (torch.cat([new, _tanh_tangent(pre[1], new)]),)
+    pre, pre_t = torch.addmm(inputs, _rows(states[0]), weights.w_hh_t).view(2, n, -1).unbind(0)
+    new = pre.tanh()
+    return (torch.stack([new, _tanh_tangent(pre_t, new)]),)
 
 
 def _relu_step(
     inputs: Tensor, states: tuple[Tensor, ...], n: int, weights: _Weights
 ) -> tuple[Tensor, ...]:
-    pre = _recurrent_products(inputs, states[0], n, weights.w_hh_t)
-    new = pre[0].relu()
-    return (torch.cat([new, pre[1] * (new > 0)]),)
+    pre, pre_t = torch.addmm(inputs, _rows(states[0]), weights.w_hh_t).view(2, n, -1).unbind(0)
+    new = pre.relu()
+    return (torch.stack([new, pre_t * (new > 0)]),)
 
 
-_LSTM = _Cell(4, _lstm_step, _sum_of_biases)
-_GRU = _Cell(3, _gru_step, _gru_input_bias)
-_RNN_TANH = _Cell(1, _tanh_step, _sum_of_biases)
-_RNN_RELU = _Cell(1, _relu_step, _sum_of_biases)
+_LSTM = _Cell(_lstm_step, _sum_of_biases)
+_GRU = _Cell(_gru_step, _gru_input_bias)
+_RNN_TANH = _Cell(_tanh_step, _sum_of_biases)
+_RNN_RELU = _Cell(_relu_step, _sum_of_biases)
 
 
 @dataclass(frozen=True)
@@ -251,45 +243,61 @@ def _parse(level: int, args: tuple, kwargs: dict, states: int) -> _Call | None:
     return _Call(x, x_t, sizes, initial, weights, num_layers, directions)
 
 
-def _input_products(
-    layer_input: Tensor, layer_input_t: Tensor | None, weight_t: Tensor, bias: Tensor | None
-) -> Tensor:
-    """``[x W^T + b; x_t W^T]`` for all time steps at once, as ``(2, N, gates)``."""
-    if layer_input_t is None:
-        primal = (
-            layer_input.mm(weight_t) if bias is None else torch.addmm(bias, layer_input, weight_t)
-        )
-        return torch.stack([primal, torch.zeros_like(primal)])
-    both = torch.cat([layer_input, layer_input_t]).mm(weight_t).view(2, layer_input.size(0), -1)
-    if bias is not None:
-        both[0].add_(bias)  # a fresh product: the mm's backward needs none of its values
-    return both
+@dataclass(frozen=True)
+class _Run:
+    """Consecutive time steps with the same number of active rows: a regular block."""
+
+    first_row: int  # of the time-major (N, features) layout
+    steps: int
+    rows: int
+
+    def of(self, stacked: Tensor) -> Tensor:
+        """This block of an interleaved ``(2N, features)`` tensor, as ``(steps, 2, rows, f)``."""
+        span = stacked[2 * self.first_row : 2 * (self.first_row + self.steps * self.rows)]
+        return span.view(self.steps, 2, self.rows, -1)
 
 
-def _resized(
-    states: list[Tensor], initial: list[Tensor], active: int, n: int, finished: list[list[Tensor]]
-) -> list[Tensor]:
-    """Stacked states for ``n`` active rows, from ``active``: rows that stop are set aside in
-    ``finished`` (a forward pass over a packed sequence); rows that start come from ``initial``
-    (a reverse pass)."""
-    resized = []
-    for k, state in enumerate(states):
-        if n < active:
-            finished[k].append(torch.cat([state[n:active], state[active + n :]]))
-            resized.append(torch.cat([state[:n], state[active : active + n]]))
+def _runs(batch_sizes: list[int]) -> list[_Run]:
+    runs: list[_Run] = []
+    row = 0
+    for n in batch_sizes:
+        if runs and runs[-1].rows == n:
+            runs[-1] = _Run(runs[-1].first_row, runs[-1].steps + 1, n)
         else:
-            batch = initial[k].size(0) // 2
-            resized.append(
-                torch.cat(
-                    [
-                        state[:active],
-                        initial[k][active:n],
-                        state[active:],
-                        initial[k][batch + active : batch + n],
-                    ]
-                )
-            )
-    return resized
+            runs.append(_Run(row, 1, n))
+        row += n
+    return runs
+
+
+def _interleaved(primal: Tensor, tangent: Tensor, runs: list[_Run]) -> Tensor:
+    """``(N, f)`` primal and tangent rows as ``(2N, f)``: each time step's primal rows, then its
+    tangent rows. A step's primal and tangent then form one contiguous block: one matmul."""
+    pieces = []
+    for run in runs:
+        span = slice(run.first_row, run.first_row + run.steps * run.rows)
+        shape = (run.steps, run.rows, primal.size(-1))
+        pieces.append(torch.stack([primal[span].view(shape), tangent[span].view(shape)], 1))
+    return torch.cat([piece.view(-1, primal.size(-1)) for piece in pieces])
+
+
+def _deinterleaved(stacked: Tensor, runs: list[_Run]) -> tuple[Tensor, Tensor]:
+    blocks = [run.of(stacked) for run in runs]
+    size = stacked.size(-1)
+    return (
+        torch.cat([block[:, 0].reshape(-1, size) for block in blocks]),
+        torch.cat([block[:, 1].reshape(-1, size) for block in blocks]),
+    )
+
+
+def _input_products(
+    layer_input: Tensor, weight_t: Tensor, bias: Tensor | None, runs: list[_Run]
+) -> Tensor:
+    """``[x W^T + b; x_t W^T]`` of all time steps at once, interleaved like ``layer_input``."""
+    products = layer_input.mm(weight_t)
+    if bias is not None:
+        for run in runs:  # a fresh product: the mm's backward needs none of its values
+            run.of(products)[:, 0].add_(bias)
+    return products
 
 
 def _run_direction(
@@ -299,73 +307,71 @@ def _run_direction(
     initial: list[Tensor],
     weights: _Weights,
     reverse: bool,
-) -> tuple[Tensor, Tensor, list[Tensor]]:
-    """One direction of one layer.
+) -> tuple[Tensor, list[Tensor]]:
+    """One direction of one layer: the interleaved outputs of all steps and the final states
+    (``(2, batch, size)`` each).
 
-    Returns the outputs of all steps (primal and tangent, each ``(N, hidden)``) and the final
-    stacked states (each ``(2 * batch, size)``).
+    Over a packed sequence, the rows of a forward pass stop one by one (their final states are set
+    aside); those of a reverse pass start one by one (from the initial states).
     """
     offsets = [0]
     for n in batch_sizes[:-1]:
         offsets.append(offsets[-1] + n)
     order = range(len(batch_sizes) - 1, -1, -1) if reverse else range(len(batch_sizes))
-    batch = batch_sizes[0]
-    active = 0 if reverse else batch
-    states = [s[:0] for s in initial] if reverse else list(initial)
+    active = 0 if reverse else batch_sizes[0]
+    states = tuple(s[:, :active] for s in initial)
     finished: list[list[Tensor]] = [[] for _ in initial]
-    outputs, outputs_t = [], []
+    outputs = []
     for t in order:
         n, offset = batch_sizes[t], offsets[t]
-        if n != active:
-            states = _resized(states, initial, active, n, finished)
-            active = n
-        states = list(cell.step(products[:, offset : offset + n], tuple(states), n, weights))
-        outputs.append(states[0][:n])
-        outputs_t.append(states[0][n:])
+        if n < active:
+            for pieces, state in zip(finished, states, strict=True):
+                pieces.append(state[:, n:active])
+            states = tuple(s[:, :n] for s in states)
+        elif n > active:
+            states = tuple(
+                torch.cat([s, s0[:, active:n]], 1) for s, s0 in zip(states, initial, strict=True)
+            )
+        active = n
+        states = cell.step(products[2 * offset : 2 * (offset + n)], states, n, weights)
+        outputs.append(states[0])
     if reverse:
         outputs.reverse()
-        outputs_t.reverse()
-    finals = []
-    for state, pieces in zip(states, finished, strict=True):
-        if pieces:
-            parts = [state[:active], *(p[: p.size(0) // 2] for p in reversed(pieces))]
-            parts += [state[active:], *(p[p.size(0) // 2 :] for p in reversed(pieces))]
-            state = torch.cat(parts)
-        finals.append(state)
-    return torch.cat(outputs), torch.cat(outputs_t), finals
+    finals = [
+        torch.cat([state, *reversed(pieces)], 1) if pieces else state
+        for state, pieces in zip(states, finished, strict=True)
+    ]
+    return torch.cat([_rows(out) for out in outputs]), finals
 
 
 def _run(cell: _Cell, call: _Call) -> tuple[Tensor, Tensor, list[tuple[Tensor, Tensor]]]:
     """All layers: the last layer's outputs (primal, tangent) and each state's final values."""
-    layer_input, layer_input_t = call.data, call.data_t
+    runs = _runs(call.batch_sizes)
+    data_t = torch.zeros_like(call.data) if call.data_t is None else call.data_t
+    layer_input = _interleaved(call.data, data_t, runs)
     finals: list[list[Tensor]] = [[] for _ in call.initial]
     for layer in range(call.num_layers):
-        outputs, outputs_t = [], []
+        outputs = []
         for direction in range(call.directions):
             index = layer * call.directions + direction
             weights = call.weights[index]
             initial = [
-                torch.cat([h[index], torch.zeros_like(h[index]) if h_t is None else h_t[index]])
+                torch.stack([h[index], torch.zeros_like(h[index]) if h_t is None else h_t[index]])
                 for h, h_t in call.initial
             ]
-            products = _input_products(
-                layer_input, layer_input_t, weights.w_ih_t, cell.input_bias(weights)
-            )
-            out, out_t, states = _run_direction(
+            products = _input_products(layer_input, weights.w_ih_t, cell.input_bias(weights), runs)
+            out, states = _run_direction(
                 cell, products, call.batch_sizes, initial, weights, reverse=direction == 1
             )
             outputs.append(out)
-            outputs_t.append(out_t)
-            for k, state in enumerate(states):
-                finals[k].append(state)
+            for per_state, state in zip(finals, states, strict=True):
+                per_state.append(state)
         layer_input = torch.cat(outputs, 1) if len(outputs) > 1 else outputs[0]
-        layer_input_t = torch.cat(outputs_t, 1) if len(outputs_t) > 1 else outputs_t[0]
-    batch = call.batch_sizes[0]
+    out, out_t = _deinterleaved(layer_input, runs)
     stacked_finals = [
-        (torch.stack([s[:batch] for s in per]), torch.stack([s[batch:] for s in per]))
-        for per in finals
+        (torch.stack([s[0] for s in per]), torch.stack([s[1] for s in per])) for per in finals
     ]
-    return layer_input, layer_input_t, stacked_finals
+    return out, out_t, stacked_finals
 
 
 def _rule(cell: _Cell, states: int) -> Callable[[int, Callable[..., Any], tuple, dict], Any]:

@@ -549,6 +549,33 @@ def gru(dtype: torch.dtype) -> Case:
     return case_of(func, randn(2, 5, 3, dtype=dtype))
 
 
+@case("lstm-packed-unsorted-projection-initial-state")
+def lstm_packed_projection(dtype: torch.dtype) -> Case:
+    lstm = module(nn.LSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2), dtype)
+    lengths = torch.tensor([2, 4, 3])
+
+    def func(x: Tensor, h0: Tensor, c0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+        out, (hn, cn) = lstm(packed, (h0, c0))
+        return out.data, hn, cn
+
+    return case_of(
+        func, randn(4, 3, 3, dtype=dtype), randn(4, 3, 2, dtype=dtype), randn(4, 3, 4, dtype=dtype)
+    )
+
+
+@case("gru-bidirectional-initial-state-and-rnn-relu")
+def gru_bidirectional_and_rnn_relu(dtype: torch.dtype) -> Case:
+    gru = module(nn.GRU(3, 4, bidirectional=True, batch_first=True), dtype)
+    rnn = module(nn.RNN(8, 3, num_layers=2, nonlinearity="relu", batch_first=True), dtype)
+
+    def func(x: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
+        out, hn = gru(x, h0)
+        return rnn(out)[0], hn
+
+    return case_of(func, randn(2, 5, 3, dtype=dtype), randn(2, 2, 4, dtype=dtype))
+
+
 @case("rnn-tanh-and-lstm-cell")
 def rnn_and_lstm_cell(dtype: torch.dtype) -> Case:
     rnn = module(nn.RNN(3, 4), dtype)
