@@ -231,6 +231,7 @@ def _attention(level: int, func: Callable[..., Any], args: tuple, kwargs: dict) 
     mask, mask_t = _split(options.get("attn_mask"), level)
     if (
         mask_t is not None
+        or (mask is not None and options.get("is_causal", False))  # PyTorch's error, not a guess
         or (q_t is None and k_t is None and v_t is None)
         or q.dtype not in (torch.float32, torch.float64)
         or not q.dtype == k.dtype == v.dtype
@@ -258,10 +259,11 @@ def _attention_probabilities(
 ) -> Tensor:
     """``softmax(q k^T s + mask)``, as the math backend computes it.
 
-    Masks are applied in place to the fresh scores (neither ``masked_fill_`` nor ``add_`` needs the
-    values it overwrites for its backward). Without a mask no row can be hidden whole (a causal
-    mask always leaves the diagonal), and plain softmax gives what ``_safe_softmax`` does at a
-    fifth of its cost.
+    Masks are applied in place to the fresh scores, as the math backend does (neither
+    ``masked_fill_`` nor ``add_`` needs the values it overwrites for its backward; a mask that
+    would broadcast the scores to a larger shape fails as it does there). Without a mask no row
+    can be hidden whole (a causal mask always leaves the diagonal), and plain softmax gives what
+    ``_safe_softmax`` does at a fifth of its cost.
     """
     scores = torch.matmul(scaled_q, k.transpose(-2, -1))
     if is_causal:
@@ -269,8 +271,6 @@ def _attention_probabilities(
         scores = scores.masked_fill_(~allowed, float("-inf"))
     if mask is None:
         return torch.softmax(scores, -1)
-    if torch.broadcast_shapes(mask.shape, scores.shape) != scores.shape:
-        scores = scores.expand(torch.broadcast_shapes(mask.shape, scores.shape)).clone()
     if mask.dtype == torch.bool:
         scores = scores.masked_fill_(~mask, float("-inf"))
     else:
@@ -421,6 +421,19 @@ def _opened(func: Callable[..., Any]) -> Callable[..., Any] | None:
     return opened
 
 
+_ENTRIES: dict[Callable[..., Any], Callable[..., Any] | bool] = {}
+"""What the mode does with each function it has seen: call its Scalar overload (the ATen op) when
+its second operand is a number, consult the rules and opened functions (True), or nothing
+(False). One lookup for the common case, the many functions the mode leaves alone."""
+
+
+def _entry(func: Callable[..., Any]) -> Callable[..., Any] | bool:
+    number_op = _NUMBER_OPS.get(func)
+    if number_op is not None:
+        return number_op
+    return func in _RULES or _opened(func) is not None
+
+
 class FastTangentRules(TorchFunctionMode):
     """While active, ops in the rule table skip PyTorch's zero-tangent work (see module doc)."""
 
@@ -432,19 +445,27 @@ class FastTangentRules(TorchFunctionMode):
     def __torch_function__(
         self, func: Callable[..., Any], types: tuple, args: tuple = (), kwargs: dict | None = None
     ) -> Any:
-        number_op = _NUMBER_OPS.get(func)
+        entry = _ENTRIES.get(func)
+        if entry is None:
+            entry = _ENTRIES[func] = _entry(func)
+        if entry is False:
+            return func(*args, **kwargs) if kwargs else func(*args)
         if (
-            number_op is not None
+            entry is not True
             and not kwargs
             and len(args) == 2
             and type(args[1]) in _NUMBERS
             and isinstance(args[0], Tensor)
             and args[0].is_floating_point()
         ):
-            return number_op(*args)
+            return entry(*args)
+        return self._ruled(func, args, kwargs or {})
+
+    def _ruled(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        """``func`` through its rule, else its opened copy under the mode, else as it is."""
         rule = _RULES.get(func)
         if rule is not None:
-            result = rule(self.level, func, args, kwargs or {})
+            result = rule(self.level, func, args, kwargs)
             if result is not NotImplemented:
                 return result
         opened = _opened(func)
@@ -454,9 +475,7 @@ class FastTangentRules(TorchFunctionMode):
             self._running.add(func)
             try:
                 with self:
-                    return opened(*args, **(kwargs or {}))
+                    return opened(*args, **kwargs)
             finally:
                 self._running.discard(func)
-        if kwargs:
-            return func(*args, **kwargs)
-        return func(*args)
+        return func(*args, **kwargs)

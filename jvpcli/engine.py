@@ -24,6 +24,7 @@ are packed, so it costs no activation memory) and read the dependencies off it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -31,7 +32,6 @@ from dataclasses import dataclass, replace
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from jvpcli._tangent_rules import FastTangentRules
 
@@ -305,21 +305,39 @@ def _first_line(error: BaseException) -> str:
 # Kernel choices that make forward mode (and double backward) possible.
 
 
-@contextlib.contextmanager
-def _forward_friendly_kernels() -> Iterator[None]:
+class _forward_friendly_kernels:  # a context manager, named like torch.no_grad
     """Run attention in a form that forward mode and double backward support, for this call only.
 
     The fused CPU attention kernels (flash SDPA, the ``nn.MultiheadAttention`` /
     ``nn.TransformerEncoderLayer`` fast path) have neither a forward-mode rule nor a double
     backward; the math backend has both.
+
+    Entered on every call, so it sets the backend flags directly: ``sdpa_kernel`` reads and
+    writes them by name through Python, and cost most of a small function's jvp overhead.
     """
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with sdpa_kernel(SDPBackend.MATH):
-            yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+    def __enter__(self) -> None:
+        self._fastpath = torch.backends.mha.get_fastpath_enabled()
+        self._sdp = [get() for get, _, _ in _SDP_BACKEND_FLAGS]
+        torch.backends.mha.set_fastpath_enabled(False)
+        for _, set_enabled, is_math in _SDP_BACKEND_FLAGS:
+            set_enabled(is_math)
+
+    def __exit__(self, *_: object) -> None:
+        for (_, set_enabled, _), enabled in zip(_SDP_BACKEND_FLAGS, self._sdp, strict=True):
+            set_enabled(enabled)
+        torch.backends.mha.set_fastpath_enabled(self._fastpath)
+
+
+_SDP_BACKEND_FLAGS = tuple(
+    (
+        getattr(torch._C, f"_get_{name}_sdp_enabled"),
+        getattr(torch._C, f"_set_sdp_use_{name}"),
+        name == "math",
+    )
+    for name in ("cudnn", "flash", "mem_efficient", "math", "overrideable")
+)
+"""(get, set, whether enabled here) for each SDPA backend's switch."""
 
 
 @contextlib.contextmanager
@@ -425,15 +443,15 @@ def _forward(
     versions = [x._version for x in primals]
 
     saved_tensors = contextlib.nullcontext()
-    if not (create_graph or record_graph):
+    if strict and not (create_graph or record_graph):
         # Strict mode only reads the graph's structure: keep none of the tensors it would save.
         saved_tensors = torch.autograd.graph.saved_tensors_hooks(_discard, _discarded)
     with torch.set_grad_enabled(track), saved_tensors, fwAD.dual_level() as level:
-        duals = tuple(fwAD.make_dual(p, t) for p, t in zip(primals, tangents, strict=True))
+        duals = _make_duals(primals, tangents, level)
         with FastTangentRules(level):
             raw_outputs = func(*duals)
         is_outputs_tuple, outputs = _as_tuple(raw_outputs, "outputs of the user-provided function")
-        unpacked = [fwAD.unpack_dual(out) for out in outputs]
+        unpacked = _unpack_duals(outputs, level)
 
     if not track:
         _check_inputs_unmodified(primals, versions)
@@ -455,6 +473,36 @@ def _forward(
             results.append(primal.detach())
             jvps.append(tangent.detach())
     return is_outputs_tuple, tuple(results), tuple(jvps)
+
+
+def _make_duals(
+    primals: tuple[Tensor, ...], tangents: tuple[Tensor, ...], level: int
+) -> tuple[Tensor, ...]:
+    """``fwAD.make_dual`` of each pair, through its C entry point where fwAD would reach it too.
+
+    fwAD's wrapper checks dtypes and level (validated already here) and routes the call through a
+    tracing mode under torch.export / torch.compile; the checks cost more than the op itself on a
+    small input. Tracing keeps the wrapper.
+    """
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return tuple(
+            fwAD.make_dual(p, t, level=level) for p, t in zip(primals, tangents, strict=True)
+        )
+    _load_forward_ad_decompositions()
+    return tuple(torch._make_dual(p, t, level) for p, t in zip(primals, tangents, strict=True))
+
+
+@functools.cache
+def _load_forward_ad_decompositions() -> None:
+    """What ``fwAD.make_dual`` does first, on every call: import forward AD's decompositions."""
+    fwAD._maybe_load_decompositions()
+
+
+def _unpack_duals(outputs: tuple[Tensor, ...], level: int) -> list[tuple[Tensor, Tensor | None]]:
+    """``fwAD.unpack_dual`` of each output, through its C entry point as in :func:`_make_duals`."""
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return [tuple(fwAD.unpack_dual(out, level=level)) for out in outputs]
+    return [torch._unpack_dual(out, level) for out in outputs]
 
 
 def _forward_batched(

@@ -57,6 +57,8 @@ CASES = [
     ("linear-bias", lambda x: F.linear(x, W, B), [(3, 4)]),
     ("linear-bias-kwarg", lambda x: F.linear(x, W, bias=B), [(3, 4)]),
     ("linear-no-bias", lambda x: F.linear(x, W), [(2, 3, 4)]),
+    ("linear-strided-batch", lambda x: F.linear(x.transpose(0, 1), W, B), [(3, 2, 4)]),
+    ("linear-strided-batch-no-bias", lambda x: F.linear(x.transpose(0, 2), W), [(4, 2, 3)]),
     ("linear-dual-weight", lambda x, w: F.linear(x, w, B), [(3, 4), (5, 4)]),
     ("linear-dual-bias", lambda x, b: F.linear(x, W, b), [(3, 4), (5,)]),
     ("linear-only-weight-dual", lambda w: F.linear(C, w, B), [(5, 4)]),
@@ -197,8 +199,51 @@ MASK = torch.randn(5, 6, dtype=D)
 BOOL_MASK = torch.rand(5, 6) > 0.3
 BOOL_MASK[:, 0] = True  # every query sees at least one key
 
+EMPTY_ROW_MASK = BOOL_MASK.clone()
+EMPTY_ROW_MASK[2] = False  # query 2 sees no key: the math backend gives it 0, not NaN
+FLOAT_EMPTY_ROW_MASK = torch.zeros(5, 6, dtype=D).masked_fill(~EMPTY_ROW_MASK, float("-inf"))
+Q = torch.randn(5, 4, dtype=D)
+KEYS = torch.randn(2, 6, 4, dtype=D)
+VALUES = torch.randn(2, 6, 3, dtype=D)
+
 ATTENTION_CASES = [
     ("self", lambda q: F.scaled_dot_product_attention(q, q, q), [(2, 3, 5, 4)]),
+    ("key-only-dual", lambda k: F.scaled_dot_product_attention(Q, k, VALUES), [(2, 6, 4)]),
+    (
+        "query-and-key-dual",
+        lambda q, k: F.scaled_dot_product_attention(q, k, VALUES),
+        [(2, 5, 4), (2, 6, 4)],
+    ),
+    (
+        "query-and-value-dual",
+        lambda q, v: F.scaled_dot_product_attention(q, KEYS, v, scale=1.7),
+        [(2, 5, 4), (2, 6, 3)],
+    ),
+    (
+        "key-broadcast-over-heads",
+        lambda q, k: F.scaled_dot_product_attention(q, k, k),
+        [(2, 3, 5, 4), (2, 1, 6, 4)],
+    ),
+    (
+        "bool-mask-empty-row",
+        lambda q, k: F.scaled_dot_product_attention(q, k, k, EMPTY_ROW_MASK),
+        [(2, 5, 4), (2, 6, 4)],
+    ),
+    (
+        "float-mask-empty-row",
+        lambda q, k: F.scaled_dot_product_attention(q, k, k, FLOAT_EMPTY_ROW_MASK, scale=0.5),
+        [(2, 5, 4), (2, 6, 4)],
+    ),
+    (
+        "causal-fewer-queries-than-keys",
+        lambda q, k: F.scaled_dot_product_attention(q, k, k, is_causal=True),
+        [(3, 4), (6, 4)],
+    ),
+    (
+        "causal-more-queries-than-keys",
+        lambda q, k: F.scaled_dot_product_attention(q, k, k, is_causal=True, scale=0.2),
+        [(6, 4), (3, 4)],
+    ),
     (
         "separate-qkv",
         lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
@@ -269,3 +314,105 @@ def test_rules_reach_ops_inside_python_level_torch_functions():
     with sdpa_kernel(SDPBackend.MATH):
         expected = torch_jvp(lambda t: attention(t, t, t, need_weights=False)[0], x, v)
     torch.testing.assert_close(got, expected)
+
+
+RULED_ATTENTION = [c for c in ATTENTION_CASES if "pytorch" not in c[0]]
+RULED_ATTENTION_IDS = [c[0] for c in RULED_ATTENTION]
+
+
+@pytest.mark.parametrize(
+    ("func", "shapes"), [c[1:] for c in RULED_ATTENTION], ids=RULED_ATTENTION_IDS
+)
+def test_attention_rule_matches_central_differences(func, shapes):
+    inputs, v = _inputs(shapes), _inputs(shapes)
+    step = 1e-6
+    ahead = func(*(x + step * t for x, t in zip(inputs, v, strict=True)))
+    behind = func(*(x - step * t for x, t in zip(inputs, v, strict=True)))
+    _, got = jvp(func, inputs, v, method="forward")
+    torch.testing.assert_close(got, (ahead - behind) / (2 * step), rtol=1e-6, atol=1e-7)
+
+
+def _float32_layer():
+    torch.manual_seed(2)
+    return torch.nn.TransformerEncoderLayer(8, 2, 16, batch_first=True).eval()
+
+
+FLOAT32_ATTENTION = [
+    ("self-causal", lambda q: F.scaled_dot_product_attention(q, q, q, is_causal=True), [(2, 5, 4)]),
+    (
+        "separate-qkv-bool-mask",
+        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, EMPTY_ROW_MASK),
+        [(2, 5, 4), (2, 6, 4), (2, 6, 3)],
+    ),
+    (
+        "float-mask-scale",
+        lambda q, k: F.scaled_dot_product_attention(q, k, k, MASK.float(), scale=0.3),
+        [(5, 4), (6, 4)],
+    ),
+    ("transformer-encoder-layer", _float32_layer(), [(2, 5, 8)]),
+]
+
+
+@pytest.mark.parametrize(
+    ("func", "shapes"), [c[1:] for c in FLOAT32_ATTENTION], ids=[c[0] for c in FLOAT32_ATTENTION]
+)
+def test_attention_rule_in_float32_matches_torch(func, shapes):
+    inputs = tuple(x.float() for x in _inputs(shapes))
+    v = tuple(x.float() for x in _inputs(shapes))
+    with sdpa_kernel(SDPBackend.MATH):
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            expected = torch_jvp(func, inputs, v)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(True)
+    got = jvp(func, inputs, v, method="forward")
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize(
+    ("func", "shapes"), [c[1:] for c in RULED_ATTENTION], ids=RULED_ATTENTION_IDS
+)
+def test_attention_rule_in_strict_mode_matches_torch(func, shapes):
+    inputs, v = _inputs(shapes), _inputs(shapes)
+    with sdpa_kernel(SDPBackend.MATH):
+        expected = torch_jvp(func, inputs, v, strict=True)
+    got = jvp(func, inputs, v, strict=True, method="forward")
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.filterwarnings("error")  # vmap warns when an op falls back to a per-direction loop
+@pytest.mark.parametrize(
+    ("func", "shapes"), [c[1:] for c in RULED_ATTENTION], ids=RULED_ATTENTION_IDS
+)
+def test_attention_rule_under_batched_tangents_matches_torch(func, shapes):
+    inputs = _inputs(shapes)
+    directions = tuple(torch.randn(3, *x.shape, dtype=D) for x in inputs)
+    got = jvp(func, inputs, directions, method="forward", batched_v=True)
+    for k in range(3):
+        with sdpa_kernel(SDPBackend.MATH):
+            expected = torch_jvp(func, inputs, tuple(d[k] for d in directions))
+        torch.testing.assert_close((got[0], got[1][k]), expected)
+
+
+@pytest.mark.parametrize(
+    "name", ["separate-qkv", "query-and-key-dual", "bool-mask-empty-row", "causal"]
+)
+def test_attention_rule_has_second_derivatives_with_create_graph(name):
+    func, shapes = next(c[1:] for c in ATTENTION_CASES if c[0] == name)
+    n = len(shapes)
+
+    def jvp_of_inputs_and_v(*tensors):
+        return jvp(func, tensors[:n], tensors[n:], create_graph=True, method="forward")
+
+    tensors = _inputs(shapes, requires_grad=True) + _inputs(shapes, requires_grad=True)
+    assert torch.autograd.gradgradcheck(jvp_of_inputs_and_v, tensors)
+
+
+def test_attention_with_a_mask_and_is_causal_raises_as_pytorch_does():
+    q, v = _inputs([(5, 4), (5, 4)])
+    with pytest.raises(RuntimeError, match="attn_mask should not be set when is_causal"):
+        jvp(
+            lambda x: F.scaled_dot_product_attention(x, x, x, BOOL_MASK[:, :5], is_causal=True),
+            q,
+            v,
+        )
