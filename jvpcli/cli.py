@@ -72,7 +72,7 @@ from jvpcli.report import (
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
-    from jvpcli.runner import CheckedRun, RunFailure, RunResult, WorkerCache
+    from jvpcli.runner import CheckedRun, RunFailure, RunResult
 
 __all__ = ["app", "main"]
 
@@ -267,6 +267,41 @@ def compute(
             "run or check (written even when runs fail).",
         ),
     ] = None,
+    executor: Annotated[
+        str | None,
+        typer.Option(
+            metavar="EXECUTOR",
+            help="Where the runs execute: local (this process, in order) or ray (Ray tasks; "
+            "needs the ray extra: pip install 'jvpcli[ray]').",
+        ),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ADDRESS",
+            help="With --executor ray: the cluster to run on (default: RAY_ADDRESS, else a "
+            "local instance sized to this machine).",
+        ),
+    ] = None,
+    max_retries: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            min=0,
+            help="With --executor ray: run a run whose worker died (killed, out of memory, a "
+            "lost node) up to N more times. Default: 0.",
+        ),
+    ] = None,
+    ray_upload: Annotated[
+        bool,
+        typer.Option(
+            "--ray-upload",
+            metavar="",
+            help="With --executor ray: ship the config's folder to the workers (Ray's "
+            "working_dir) instead of reading files through a shared filesystem. Outputs must "
+            "still be on a path the workers and this machine share.",
+        ),
+    ] = False,
     plot: PlotOption = None,
     json_: JsonOption = False,
     quiet: QuietOption = False,
@@ -291,9 +326,12 @@ def compute(
         "create_graph": create_graph,
         "device": device,
         "dtype": dtype,
+        "executor": executor,
     }
     payload: dict[str, Any] = {"runs": []}
-    with _reporting(stdout, stderr, json_, debug, payload):
+    ray_options = {"--ray-address": ray_address, "--max-retries": max_retries}
+    ray_options["--ray-upload"] = ray_upload or None
+    with _reporting(stdout, stderr, json_, debug, payload), contextlib.ExitStack() as stack:
         if junit_xml is not None:
             from jvpcli.runner.planning import check_writable
 
@@ -315,6 +353,11 @@ def compute(
                     "--update-golden: no run sets expect, so there is no golden to write; add "
                     "e.g. expect: goldens/{name}.safetensors to the config."
                 )
+            remote = _executor(sweep.runs, ray_options) == "ray"
+            if remote:
+                from jvpcli.runner.ray_executor import RayExecutor, import_ray
+
+                import_ray()  # before anything is checked: exit 2 at once without it
             runs = sweep.runs if selection is None else selection.select(sweep.runs)
             from jvpcli.runner import WorkerCache, plan_runs, run_locally
 
@@ -326,7 +369,8 @@ def compute(
                         "run's output with jvpcli inspect OUTPUT --plot PNG."
                     )
                 _check_plot_path(plot, [])
-            cache = WorkerCache()
+            # With Ray, the runs compute elsewhere: a device this machine lacks is theirs to find.
+            cache = WorkerCache(elsewhere=remote)
             checked = plan_runs(
                 runs,
                 cache,
@@ -336,20 +380,31 @@ def compute(
             )
             record.runs = [run.spec for run in checked]
             record.planned = True
+
+            def execute(fail_fast: bool) -> Iterator[RunResult | RunFailure]:
+                if not remote:
+                    return run_locally(checked, cache, resume=resume, fail_fast=fail_fast)
+                ray = RayExecutor(ray_address, max_retries=max_retries or 0, upload=ray_upload)
+                stack.callback(ray.close)
+                described = ray.connect(checked)
+                if not quiet:
+                    _show(stderr, Text(described))
+                return ray.run(checked, resume=resume, fail_fast=fail_fast)
+
             if sweep.is_sweep or not checked:
                 _compute_sweep(
-                    cache,
+                    execute(fail_fast) if checked else iter(()),
                     checked,
                     (stdout, stderr),
                     payload,
                     record.outcomes,
-                    resume=resume,
-                    fail_fast=fail_fast,
+                    in_order=not remote,
                     json_output=json_,
                     quiet=quiet,
                 )
                 return
-            (outcome,) = run_locally(checked, cache, resume=resume, fail_fast=True)
+            with contextlib.closing(execute(True)) as stream:
+                (outcome,) = stream
             record.outcomes.append(outcome)
             if outcome.status == "failed":
                 if outcome.result is not None:
@@ -367,6 +422,28 @@ def compute(
                 _print_json(stdout, document(runs=[run_json(outcome)]))
             elif not quiet:
                 _show(stdout, run_view(outcome))
+
+
+def _executor(runs: Sequence[RunSpec], ray_options: dict[str, Any]) -> str:
+    """The executor every run names (``local`` or ``ray``).
+
+    Raises:
+        ConfigError: runs name different executors, or Ray's options are given without Ray.
+    """
+    named = sorted({spec.executor for spec in runs})
+    if len(named) > 1:
+        raise ConfigError(
+            f"the runs of this config name different executors ({', '.join(named)}): one command "
+            "runs on one executor. Set executor at the top level, or pass --executor."
+        )
+    executor = named[0] if named else "local"
+    given = [option for option, value in ray_options.items() if value is not None]
+    if executor != "ray" and given:
+        raise ConfigError(
+            f"{', '.join(given)} only applies with --executor ray (or executor: ray in the "
+            "config); this command runs locally."
+        )
+    return executor
 
 
 @dataclass
@@ -454,14 +531,13 @@ def _is_junit_report(path: Path) -> bool:
 
 
 def _compute_sweep(
-    cache: WorkerCache,
+    stream: Iterator[RunResult | RunFailure],
     checked: Sequence[CheckedRun],
     consoles: tuple[Console, Console],
     payload: dict[str, Any],
     outcomes: list[RunResult | RunFailure],
     *,
-    resume: bool,
-    fail_fast: bool,
+    in_order: bool,
     json_output: bool,
     quiet: bool,
 ) -> None:
@@ -469,18 +545,21 @@ def _compute_sweep(
     ``outcomes`` as it finishes; fill ``payload["runs"]`` with every run; print the JSON
     document, or the summary table (unless quiet and all went well).
 
+    Args:
+        stream: the executor's outcomes, as the runs finish.
+        in_order: whether they finish in the order of ``checked`` (the progress bar then names
+            the run in progress).
+
     Raises:
         Interrupted: Ctrl-C, after the summary of what finished.
         RunsFailed: some runs failed, after the summary.
     """
-    from jvpcli.runner import run_locally
-
     stdout, stderr = consoles
     runs = [run.spec for run in checked]
     interrupted: KeyboardInterrupt | None = None
     try:
-        with _SweepProgress(stderr, runs, quiet) as progress:
-            for outcome in run_locally(checked, cache, resume=resume, fail_fast=fail_fast):
+        with _SweepProgress(stderr, runs, quiet, in_order) as progress, contextlib.closing(stream):
+            for outcome in stream:
                 outcomes.append(outcome)
                 progress.finished(outcome)
     except KeyboardInterrupt as caught:
@@ -514,10 +593,13 @@ class _SweepProgress:
     """A sweep's progress on stderr: a bar on a terminal, one line per finished run otherwise
     (logs), nothing when quiet."""
 
-    def __init__(self, console: Console, runs: Sequence[RunSpec], quiet: bool) -> None:
+    def __init__(
+        self, console: Console, runs: Sequence[RunSpec], quiet: bool, in_order: bool = True
+    ) -> None:
         self._console = console
         self._runs = runs
         self._quiet = quiet
+        self._in_order = in_order
         self._done = 0
         self._bar: Progress | None = None
         self._task: TaskID | None = None
@@ -551,6 +633,8 @@ class _SweepProgress:
             self._console.print(line, soft_wrap=True, highlight=False)
 
     def _current(self) -> str:
+        if not self._in_order:
+            return ""  # runs finish in any order: which run is next is not known
         return self._runs[self._done].name if self._done < len(self._runs) else ""
 
 

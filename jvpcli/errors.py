@@ -64,6 +64,18 @@ class JvpcliError(Exception):
             return self.message
         return f"{self.message}\n  at {self.location}"
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Pickled with its attributes, not by calling the class again (a subclass's __init__
+        # may take other arguments): how a worker's failure reaches the driver.
+        return (_rebuilt, (type(self), self.message, self.__dict__))
+
+
+def _rebuilt(cls: type[JvpcliError], message: str, state: dict[str, object]) -> JvpcliError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
+
 
 class UsageError(JvpcliError):
     """The command line, config or an input file is unusable (exit code 2)."""

@@ -17,11 +17,13 @@ __all__ = [
     "DEVICE",
     "DIRECTION_KEYS",
     "DTYPES",
+    "EXECUTORS",
     "FUNCTION_KEYS",
     "IDENTIFIERS",
     "KEYS",
     "MAX_SEED",
     "METHODS",
+    "RESOURCE_KEYS",
     "SWEEP_KEYS",
     "TOLERANCE_KEYS",
     "Key",
@@ -36,6 +38,9 @@ DTYPES: tuple[str, ...] = ("float16", "bfloat16", "float32", "float64")
 
 CHECKS: tuple[str, ...] = ("none", "finite-differences")
 """The values ``check`` accepts: no check, or each JVP against central finite differences."""
+
+EXECUTORS: tuple[str, ...] = ("local", "ray")
+"""The values ``executor`` accepts: runs in this process, in order; or as Ray tasks."""
 
 TOLERANCE_KEYS = re.compile(r"(func_output|jvp)(\.[^.\s]+)*")
 """The names ``tolerances`` accepts: a tensor of the output file (``jvp.1``, ``jvp.logits``), or
@@ -54,7 +59,7 @@ class Key:
     Attributes:
         kind: how its value is validated and described in the schema: ``string``, ``path``,
             ``direction`` (a path or random directions), ``boolean``, ``choice``, ``names``,
-            ``device``, ``function``, ``number``, ``integer`` or ``tolerances``.
+            ``device``, ``function``, ``number``, ``integer``, ``tolerances`` or ``resources``.
         description: its help text (the schema's description, the README's reference).
         required: whether every run must set it.
         default: its value when not set.
@@ -142,6 +147,21 @@ KEYS: dict[str, Key] = {
         "Where to compute: cpu, cuda, cuda:N, mps, or auto (cuda if available, else cpu).",
         default="cpu",
     ),
+    "executor": Key(
+        "choice",
+        "Where the runs execute: local (in this process, one after another) or ray (as Ray "
+        "tasks, on the cluster RAY_ADDRESS or --ray-address names, else on a local instance). "
+        "The same for every run.",
+        default="local",
+        choices=EXECUTORS,
+        sweepable=False,
+    ),
+    "resources": Key(
+        "resources",
+        "What each run asks Ray for: {num_cpus: 1, num_gpus: 0.5, memory: 4GB}. Defaults: 1 CPU "
+        "(and as many torch threads), 1 GPU for a cuda run, no memory reservation. Ignored by "
+        "the local executor.",
+    ),
     "batched_v": Key(
         "boolean",
         "Treat the first dimension of every v tensor as K directions: v has the shape "
@@ -217,6 +237,16 @@ DIRECTION_KEYS: dict[str, str] = {
     "match": "Glob patterns (fnmatch) choosing the tensors that get a direction, e.g. "
     "['*.weight']. Default: every floating-point input, or every parameter.",
     "k": "With batched_v: how many directions per tensor.",
+}
+
+RESOURCE_KEYS: dict[str, str] = {
+    "num_cpus": "CPUs per run (a fraction allowed); the run computes with as many torch threads, "
+    "at least one. Default: 1.",
+    "num_gpus": "GPUs per run; a fraction shares one GPU between runs. Default: 1 with device "
+    "cuda or cuda:N, else 0 (so device auto computes on the CPU). Ray sets CUDA_VISIBLE_DEVICES: "
+    "cuda is the first GPU it gave the run.",
+    "memory": "Memory Ray reserves for the run when it schedules it (not a cap): bytes, or a "
+    "size such as 512MiB or 4GB.",
 }
 
 FUNCTION_KEYS: dict[str, str] = {

@@ -10,11 +10,12 @@ from jvpcli.config.keys import (
     FUNCTION_KEYS,
     KEYS,
     MAX_SEED,
+    RESOURCE_KEYS,
     SWEEP_KEYS,
     TOLERANCE_KEYS,
 )
 from jvpcli.config.spec import DISTRIBUTIONS
-from jvpcli.config.validate import NUMBER
+from jvpcli.config.validate import MEMORY, NUMBER
 
 __all__ = ["json_schema"]
 
@@ -115,6 +116,23 @@ def json_schema() -> dict[str, Any]:
             "properties": {"rtol": number, "atol": number},
         },
     }
+    count = {"type": "number", "minimum": 0}
+    resources_schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "minProperties": 1,
+        "properties": {
+            "num_cpus": {"description": RESOURCE_KEYS["num_cpus"], **count},
+            "num_gpus": {"description": RESOURCE_KEYS["num_gpus"], **count},
+            "memory": {
+                "description": RESOURCE_KEYS["memory"],
+                "anyOf": [
+                    {"type": "integer", "minimum": 1},
+                    {"type": "string", "pattern": f"^\\s*{MEMORY.pattern}\\s*$"},
+                ],
+            },
+        },
+    }
     properties: dict[str, Any] = {}
     for key, spec in KEYS.items():
         if spec.kind == "function":
@@ -127,6 +145,8 @@ def json_schema() -> dict[str, Any]:
             schema.update(type="integer", minimum=0, maximum=MAX_SEED)
         elif spec.kind == "tolerances":
             schema.update(tolerances_schema)
+        elif spec.kind == "resources":
+            schema.update(resources_schema)
         elif spec.kind == "direction":
             schema.update(direction_schema)
         elif spec.kind == "boolean":

@@ -26,6 +26,7 @@ __all__ = [
     "PretrainedFunction",
     "RandomDirections",
     "Reference",
+    "Resources",
     "RunSpec",
     "Shard",
     "Sweep",
@@ -175,6 +176,28 @@ class Tolerance:
 
 
 @dataclass(frozen=True)
+class Resources:
+    """``resources: {num_cpus, num_gpus, memory}``: what one run asks a Ray cluster for (the
+    local executor ignores it).
+
+    Attributes:
+        num_cpus: CPUs (a fraction allowed); ``None``: 1. The run computes with as many torch
+            threads (at least one).
+        num_gpus: GPUs (a fraction shares one); ``None``: 1 for a CUDA run, else 0.
+        memory: bytes of memory reserved (Ray's scheduling, not a cap); ``None``: none.
+    """
+
+    num_cpus: float | None = None
+    num_gpus: float | None = None
+    memory: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The keys that are set, as the config writes them (memory in bytes)."""
+        fields = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, "memory": self.memory}
+        return {key: value for key, value in fields.items() if value is not None}
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """One run, validated, with every path absolute.
 
@@ -210,6 +233,10 @@ class RunSpec:
         seed: seed torch's random number generators with this before building the function and
             before computing, or ``None`` not to.
         deterministic: compute with ``torch.use_deterministic_algorithms(True)``.
+        executor: where the runs execute: ``"local"`` (in this process) or ``"ray"`` (as Ray
+            tasks); the same for every run of a command. Not a setting: results do not depend
+            on it.
+        resources: what the run asks a Ray cluster for; ``None``: the defaults.
     """
 
     name: str
@@ -239,6 +266,8 @@ class RunSpec:
     fail_on_nonfinite: bool = False
     seed: int | None = None
     deterministic: bool = False
+    executor: str = "local"
+    resources: Resources | None = None
 
     def settings(self) -> dict[str, Any]:
         """Everything that determines the run's result, as JSON-ready values (paths absolute).

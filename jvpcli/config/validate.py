@@ -23,6 +23,7 @@ from jvpcli.config.keys import (
     IDENTIFIERS,
     KEYS,
     MAX_SEED,
+    RESOURCE_KEYS,
     TOLERANCE_KEYS,
 )
 from jvpcli.config.spec import (
@@ -34,12 +35,13 @@ from jvpcli.config.spec import (
     PretrainedFunction,
     RandomDirections,
     Reference,
+    Resources,
     RunSpec,
     Tolerance,
 )
 from jvpcli.errors import ConfigError, display_path
 
-__all__ = ["NUMBER", "build_spec"]
+__all__ = ["MEMORY", "NUMBER", "build_spec", "memory_bytes"]
 
 
 def build_spec(document: ConfigDocument) -> RunSpec:
@@ -91,6 +93,8 @@ def _validate(key: str, value: Any, document: ConfigDocument) -> Any:
         return value
     if spec.kind == "tolerances":
         return _validate_tolerances(value, document)
+    if spec.kind == "resources":
+        return _validate_resources(value, document)
     if spec.kind == "direction" and isinstance(value, dict):
         return _validate_random(key, value, document)
     if spec.kind == "boolean":
@@ -183,6 +187,68 @@ def _validate_tolerances(value: Any, document: ConfigDocument) -> dict[str, Tole
         }
         tolerances[name] = Tolerance(numbers.get("rtol"), numbers.get("atol"))
     return tolerances
+
+
+MEMORY = re.compile(r"(\d+\.?\d*|\.\d+)\s*([kKmMgGtT][iI]?[bB]|[bB])?")
+_MEMORY_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_MEMORY_UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
+
+
+def memory_bytes(value: Any) -> int | None:
+    """A memory size in bytes: a whole number of bytes, or a string such as ``4GB`` (10**9),
+    ``512MiB`` (2**20) or ``1.5 GiB``; ``None`` when ``value`` is neither, or below one byte."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 1 else None
+    if not isinstance(value, str):
+        return None
+    match = MEMORY.fullmatch(value.strip())
+    if match is None:
+        return None
+    size = int(float(match[1]) * _MEMORY_UNITS[(match[2] or "b").lower()])
+    return size if size >= 1 else None
+
+
+def _validate_resources(value: Any, document: ConfigDocument) -> Resources:
+    where = document.locate(("resources",))
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(
+            f"{where}: 'resources' must be a mapping such as {{num_cpus: 1, num_gpus: 0.5, "
+            f"memory: 4GB}}; got {describe(value)}."
+        )
+    reject_unknown(value, RESOURCE_KEYS, ("resources",), document)
+    counts: dict[str, float] = {}
+    for key in ("num_cpus", "num_gpus"):
+        if key not in value:
+            continue
+        count = value[key]
+        here = document.locate(("resources", key))
+        if (
+            isinstance(count, bool)
+            or not isinstance(count, (int, float))
+            or not (math.isfinite(count) and count >= 0)
+        ):
+            raise ConfigError(
+                f"{here}: 'resources.{key}' must be a number at least 0, e.g. 1 or 0.5; got "
+                f"{describe(count)}."
+            )
+        if count > 1 and count != int(count):
+            # Ray's rule: a fraction shares one unit; more than one must be whole units.
+            raise ConfigError(
+                f"{here}: 'resources.{key}' is {count}: Ray takes a fraction of one (0.5) or a "
+                f"whole number ({math.ceil(count)}), not a fraction above one."
+            )
+        counts[key] = float(count)
+    memory = None
+    if "memory" in value:
+        memory = memory_bytes(value["memory"])
+        if memory is None:
+            raise ConfigError(
+                f"{document.locate(('resources', 'memory'))}: 'resources.memory' must be a number "
+                f"of bytes or a size such as 512MiB or 4GB; got {describe(value['memory'])}."
+            )
+    return Resources(counts.get("num_cpus"), counts.get("num_gpus"), memory)
 
 
 def _validate_random(key: str, value: Any, document: ConfigDocument) -> RandomDirections:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import platform
 import sys
 from dataclasses import replace
 from types import ModuleType
@@ -35,9 +36,21 @@ class WorkerCache:
     (so a model is never cast under another run's feet), each device resolved once, and each
     file's header, tensors and digest read once, by path (:class:`~jvpcli.tensors.FileCache`).
     Nothing in it is ever sent between processes: a worker builds its own.
+
+    Attributes:
+        executor: the executor whose runs it serves (``"local"``, ``"ray"``), and ``node`` the
+            machine they run on: recorded in each output's metadata.
+        elsewhere: the runs it checks compute in other processes, maybe on other machines (a
+            driver's plan): a device this machine lacks is not an error here (each worker
+            resolves the device itself), and the function is checked on the CPU instead.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, executor: str = "local", node: str | None = None, elsewhere: bool = False
+    ):
+        self.executor = executor
+        self.node = platform.node() if node is None else node
+        self.elsewhere = elsewhere
         self.files = FileCache()
         self._modules: dict[str, ModuleType] = {}
         self._functions: dict[tuple[str, str, str | None, int | None], LoadedFunction] = {}
@@ -52,7 +65,13 @@ class WorkerCache:
         """
         device = self._devices.get(name)
         if device is None:
-            device = self._devices[name] = _resolve_device(name)
+            try:
+                device = _resolve_device(name)
+            except ConfigError:
+                if not self.elsewhere:
+                    raise
+                device = torch.device("cpu")
+            self._devices[name] = device
         return device
 
     def function(self, spec: RunSpec) -> LoadedFunction:

@@ -574,6 +574,8 @@ def _metadata(
         "jvpcli.batched_v": json.dumps(spec.batched_v),
         "jvpcli.carried_graph": json.dumps(carried_graph),
         "jvpcli.device": checked.device,
+        "jvpcli.executor": cache.executor,
+        "jvpcli.node": cache.node,
         "jvpcli.settings": json.dumps(spec.settings(), sort_keys=True),
         "jvpcli.fingerprint": _fingerprint(checked, cache, function, sources),
         "jvpcli.sources": json.dumps([str(path) for path in sources]),
