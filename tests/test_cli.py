@@ -642,7 +642,8 @@ def test_schema_lists_every_config_key() -> None:
     assert set(schema["properties"]) == {
         "name", "function", "inputs", "v", "v_params", "outputs", "save_v", "output", "order",
         "strict", "create_graph",
-        "method", "dtype", "device", "batched_v", "expect", "rtol", "atol", "tolerances",
+        "method", "dtype", "device", "executor", "resources", "batched_v", "expect", "rtol",
+        "atol", "tolerances",
         "check", "fd_step", "fd_rtol", "fail_on_nonfinite", "seed", "deterministic", "sweep",
         "runs",
     }  # fmt: skip

@@ -32,6 +32,9 @@ import math
 import os
 import pickle
 import platform
+import signal
+import socket
+import threading
 import time
 import traceback
 from collections.abc import Iterator, Sequence
@@ -39,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from jvpcli.config import Reference, Resources, RunSpec
-from jvpcli.errors import ComputeError, ConfigError, JvpcliError, display_path
+from jvpcli.errors import ComputeError, ConfigError, JvpcliError, Terminated, display_path
 from jvpcli.runner.outcomes import RunFailure, RunOutcome, RunResult
 from jvpcli.runner.planning import CheckedRun
 
@@ -113,6 +116,8 @@ class RayExecutor:
         self._started = False  # whether this executor started (and so stops) Ray
         self._folder: Path | None = None  # the uploaded folder
         self._runtime_env: dict[str, Any] | None = None
+        self._terminated = False  # whether SIGTERM arrived
+        self._previous_sigterm: Any = None
 
     def connect(self, runs: Sequence[CheckedRun]) -> str:
         """Connect to Ray, check that the cluster can hold each run, and prepare the upload.
@@ -129,8 +134,14 @@ class RayExecutor:
             self._runtime_env = self._prepare_upload(runs)
         address = self._address or os.environ.get("RAY_ADDRESS") or None
         if not ray.is_initialized():
+            if address is not None:
+                _probe(address)
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             settings: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+            if self._runtime_env is not None:
+                settings["runtime_env"] = self._runtime_env  # an upload is the job's, not a task's
+            # Ray installs its own SIGTERM handler (exit at once): the command's comes back.
+            terminate = signal.getsignal(signal.SIGTERM)
             try:
                 if address is None:
                     ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, **settings)
@@ -143,7 +154,18 @@ class RayExecutor:
                     "(--ray-address or RAY_ADDRESS, e.g. 10.0.0.1:6379), or leave both unset to "
                     "start a local instance."
                 ) from None
+            finally:
+                if terminate is not None and threading.current_thread() is threading.main_thread():
+                    signal.signal(signal.SIGTERM, terminate)
             self._started = True
+        if threading.current_thread() is threading.main_thread():
+            self._watch_sigterm()
+        elif self._runtime_env is not None:
+            raise ConfigError(
+                "--ray-upload ships the config's folder when jvpcli connects to Ray, and this "
+                "process is already connected (ray.init was called before): leave --ray-upload "
+                "out, or run jvpcli in a process of its own."
+            )
         total = ray.cluster_resources()
         for checked in runs:
             _check_fits(checked.spec, task_options(checked.spec, 0), total)
@@ -175,15 +197,19 @@ class RayExecutor:
         try:
             for checked in runs:
                 options = task_options(checked.spec, self._max_retries)
-                if self._runtime_env is not None:
-                    options["runtime_env"] = self._runtime_env
                 threads = max(1, math.floor(options["num_cpus"]))
                 folder = None if self._folder is None else str(self._folder)
                 ref = remote.options(**options).remote(checked, resume, threads, folder)
                 pending[ref] = (checked, time.perf_counter())
             while pending:
                 # A timeout, so that Ctrl-C and SIGTERM are seen while tasks run.
-                done, _ = ray.wait(list(pending), num_returns=1, timeout=0.2)
+                try:
+                    done, _ = ray.wait(list(pending), num_returns=1, timeout=0.2)
+                except KeyboardInterrupt:
+                    if self._terminated:
+                        # Ray's wait turns any exception of a signal handler into Ctrl-C.
+                        raise Terminated() from None
+                    raise
                 for ref in done:
                     checked, submitted = pending.pop(ref)
                     outcome = self._collect(ref, checked, submitted)
@@ -199,6 +225,22 @@ class RayExecutor:
         if self._ray is not None and self._started:
             self._ray.shutdown()
             self._started = False
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
+
+    def _watch_sigterm(self) -> None:
+        """Note SIGTERM before the command's handler runs, so that it is told from Ctrl-C."""
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def noted(signum: int, frame: Any) -> None:
+            self._terminated = True
+            if callable(previous):
+                previous(signum, frame)
+            raise Terminated()
+
+        self._previous_sigterm = previous
+        signal.signal(signal.SIGTERM, noted)
 
     def _collect(self, ref: Any, checked: CheckedRun, submitted: float) -> RunOutcome:
         ray = self._ray
@@ -301,6 +343,22 @@ class RayExecutor:
             )
         self._folder = folder
         return {"working_dir": str(folder), "excludes": excludes}
+
+
+def _probe(address: str) -> None:
+    """Fail at once when nothing listens at a ``HOST:PORT`` cluster address (Ray itself retries
+    for minutes); other forms (``auto``, ``ray://``) are left to Ray."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as error:
+        raise ConfigError(
+            f"cannot reach the Ray cluster at {address}: {error.strerror or error}. Start it "
+            "(ray start --head) or check the address (--ray-address or RAY_ADDRESS), or leave "
+            "both unset to start a local instance."
+        ) from None
 
 
 def _check_fits(spec: RunSpec, options: dict[str, Any], total: dict[str, float]) -> None:
