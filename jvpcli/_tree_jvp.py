@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from jvpcli import _pytree
-from jvpcli.engine import JvpInfo, jvp_with_info
+from jvpcli.engine import JvpInfo, outside_compilers, run_jvp
 
 __all__ = ["OutputLeaf", "TreeJvpResult", "jvp_tree"]
 
@@ -68,6 +68,7 @@ class TreeJvpResult:
     dropped: tuple[tuple[str, str], ...]
 
 
+@outside_compilers("jvp_tree")
 def jvp_tree(
     func: Callable[..., Any],
     args: Sequence[Any] = (),
@@ -206,7 +207,7 @@ def jvp_tree(
         output_structure[:] = [(structure, spec, len(leaves) != len(kept))]
         return tuple(differentiable)
 
-    result = jvp_with_info(
+    result = run_jvp(
         flat_func,
         tuple(primals),
         tuple(directions),

@@ -19,15 +19,24 @@ How a call runs (``method="auto"``):
 ``strict=True`` needs to know which inputs each output depends on, which forward mode alone cannot
 tell: strict calls also record the reverse graph's *structure* (saved tensors are discarded as they
 are packed, so it costs no activation memory) and read the dependencies off it.
+
+Inside someone else's ``torch.compile``: the public entry points are never traced by dynamo
+(once dynamo is loaded they are wrapped in ``torch.compiler.disable``, recursively): dynamo breaks
+the graph around them and they run eagerly, as they would outside, every result correct. Dynamo
+tracing their insides would go wrong silently (dual tensors and the tangent-rule mode through
+dynamo give zero tangents under ``strict``), and a torch.export trace or a backend's make_fx
+cannot take them at all: there, and under ``fullgraph=True``, they raise :data:`INSIDE_COMPILE`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -41,6 +50,18 @@ METHODS: tuple[str, ...] = ("auto", "forward", "double-backward")
 """The values ``method`` accepts."""
 
 TensorOrTuple = Tensor | tuple[Tensor, ...]
+_R = TypeVar("_R")
+
+INSIDE_COMPILE = (
+    "jvpcli.{entry} was called while torch.compile or torch.export traces a function: jvpcli "
+    "cannot run inside a compiled or exported function (its forward-mode dual tensors and tangent "
+    "rules cannot be traced into someone else's graph, and a result traced anyway could be "
+    "silently wrong). Call jvpcli.{entry}(..., compile=True) outside the compiled function to get "
+    "a compiled jvp, or call jvpcli outside the compiled region (without fullgraph=True, "
+    "torch.compile does this for you: it breaks the graph around jvpcli and runs it eagerly)."
+)
+"""The error jvpcli's entry points raise when a tracer (torch.export, a backend's make_fx, dynamo
+with ``fullgraph=True``) would take them into its graph."""
 
 _CREATE_GRAPH_NOTE = (
     "create_graph: auto uses double backward, whose graph PyTorch differentiates correctly "
@@ -101,6 +122,44 @@ class JvpResult:
     info: JvpInfo
 
 
+def outside_compilers(entry: str) -> Callable[[Callable[..., _R]], Callable[..., _R]]:
+    """Make the public entry point ``jvpcli.<entry>`` safe to call inside someone else's compile.
+
+    Once dynamo is loaded (nothing can compile before), the entry point runs wrapped in
+    ``torch.compiler.disable``, recursively: dynamo never traces it nor anything it
+    calls, but breaks the graph there and calls it eagerly (or, with ``fullgraph=True``, raises
+    with :data:`INSIDE_COMPILE` as the reason). Without dynamo, no wrapper and no cost. Inside,
+    a trace that is not dynamo's (torch.export, make_fx from a backend) gets
+    :data:`INSIDE_COMPILE`.
+    """
+    message = INSIDE_COMPILE.format(entry=entry)
+
+    def decorate(func: Callable[..., _R]) -> Callable[..., _R]:
+        def checked(*args: object, **kwargs: object) -> _R:
+            if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+                raise RuntimeError(message)
+            return func(*args, **kwargs)
+
+        disabled: list[Callable[..., _R]] = []
+
+        @functools.wraps(func)
+        def run(*args: object, **kwargs: object) -> _R:
+            if "torch._dynamo" not in sys.modules:
+                return checked(*args, **kwargs)
+            if torch.compiler.is_compiling():
+                # Dynamo is tracing this very call, and cannot trace torch.compiler.disable: the
+                # error makes it run this frame eagerly (or, with fullgraph=True, says why not).
+                raise RuntimeError(message)
+            if not disabled:
+                disabled.append(torch.compiler.disable(checked, recursive=True, reason=message))
+            return disabled[0](*args, **kwargs)
+
+        return run
+
+    return decorate
+
+
+@outside_compilers("jvp")
 def jvp(
     func: Callable[..., TensorOrTuple],
     inputs: TensorOrTuple,
@@ -148,12 +207,11 @@ def jvp(
         ValueError: ``method`` is not one of :data:`METHODS`.
         Exception: whatever ``func`` raises propagates unchanged.
     """
-    result = jvp_with_info(
-        func, inputs, v, create_graph, strict, method=method, batched_v=batched_v
-    )
+    result = run_jvp(func, inputs, v, create_graph, strict, method=method, batched_v=batched_v)
     return result.func_output, result.jvp
 
 
+@outside_compilers("jvp_with_info")
 def jvp_with_info(
     func: Callable[..., TensorOrTuple],
     inputs: TensorOrTuple,
@@ -172,6 +230,20 @@ def jvp_with_info(
         A :class:`JvpResult`: ``func_output`` and ``jvp`` as :func:`jvp` returns them, and
         ``info``, a :class:`JvpInfo` with the method that produced them and the fallbacks tried.
     """
+    return run_jvp(func, inputs, v, create_graph, strict, method=method, batched_v=batched_v)
+
+
+def run_jvp(
+    func: Callable[..., TensorOrTuple],
+    inputs: TensorOrTuple,
+    v: TensorOrTuple | None,
+    create_graph: bool,
+    strict: bool,
+    *,
+    method: str,
+    batched_v: bool,
+) -> JvpResult:
+    """:func:`jvp_with_info` without the guard against tracers, for jvpcli's own entry points."""
     if method not in METHODS:
         raise ValueError(
             f"jvp got an invalid method {method!r}: expected one of "
