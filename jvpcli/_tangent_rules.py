@@ -381,11 +381,15 @@ def _build_number_ops() -> dict[Callable[..., Any], Callable[..., Any]]:
         ([torch.div, Tensor.div, Tensor.__truediv__, torch.true_divide], aten.div.Scalar),
     ]:
         for func in funcs:
-            ops[func] = getattr(op, "_op", op)  # the C++ entry point, skipping a Python frame
+            ops[func] = op
     return ops
 
 
-_NUMBER_OPS = _build_number_ops()
+_NUMBER_OVERLOADS = _build_number_ops()
+"""For a traced call (``compile=True``): dynamo traces an OpOverload, not its C++ entry point."""
+
+_NUMBER_OPS = {func: getattr(op, "_op", op) for func, op in _NUMBER_OVERLOADS.items()}
+"""For an eager call: the C++ entry point, skipping a Python frame."""
 
 
 def _always_false(*_: object) -> bool:
@@ -434,20 +438,35 @@ def _entry(func: Callable[..., Any]) -> Callable[..., Any] | bool:
     return func in _RULES or _opened(func) is not None
 
 
+def _traced_entry(func: Callable[..., Any]) -> Callable[..., Any] | bool:
+    """:func:`_entry` for a mode that dynamo traces: read-only tables, so that its guards hold on
+    the next call, and no opened functions (their ops run with PyTorch's own rules)."""
+    number_op = _NUMBER_OVERLOADS.get(func)
+    if number_op is not None:
+        return number_op
+    return func in _RULES
+
+
 class FastTangentRules(TorchFunctionMode):
     """While active, ops in the rule table skip PyTorch's zero-tangent work (see module doc)."""
 
-    def __init__(self, level: int) -> None:
+    def __init__(self, level: int, traced: bool = False) -> None:
+        """``level``: the forward AD level of the dual tensors; ``traced``: whether dynamo traces
+        the mode (``compile=True``), which calls ops by their OpOverloads."""
         super().__init__()
         self.level = level
         self._running: set[Callable[..., Any]] = set()
+        self.traced = traced
 
     def __torch_function__(
         self, func: Callable[..., Any], types: tuple, args: tuple = (), kwargs: dict | None = None
     ) -> Any:
-        entry = _ENTRIES.get(func)
-        if entry is None:
-            entry = _ENTRIES[func] = _entry(func)
+        if self.traced:
+            entry = _traced_entry(func)
+        else:
+            entry = _ENTRIES.get(func)
+            if entry is None:
+                entry = _ENTRIES[func] = _entry(func)
         if entry is False:
             return func(*args, **kwargs) if kwargs else func(*args)
         if (
@@ -468,7 +487,7 @@ class FastTangentRules(TorchFunctionMode):
             result = rule(self.level, func, args, kwargs)
             if result is not NotImplemented:
                 return result
-        opened = _opened(func)
+        opened = None if self.traced else _opened(func)
         if opened is not None and func not in self._running:
             # A function whose C part dispatches back to it (Tensor.unflatten) runs plainly the
             # second time.

@@ -36,7 +36,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -96,8 +96,11 @@ class JvpInfo:
         method: the method requested ("auto", "forward" or "double-backward").
         method_used: the method that produced the result ("forward" or "double-backward").
         fallbacks: the attempts that failed before, in order, with why and what changed.
-        seconds: wall time of the whole call, fallbacks included.
+        seconds: wall time of the whole call, fallbacks and compiling included.
         note: why "auto" chose ``method_used`` without trying forward mode first, if it did.
+        compile_seconds: with ``compile``, the time this call spent tracing and compiling (its
+            first call for these shapes; 0.0 when it reused a compiled function); ``None`` when
+            the result was not computed by a compiled function.
     """
 
     method: str
@@ -105,11 +108,14 @@ class JvpInfo:
     fallbacks: tuple[Fallback, ...]
     seconds: float
     note: str | None = None
+    compile_seconds: float | None = None
 
     def __str__(self) -> str:
         reasons = [str(f) for f in self.fallbacks]
         if self.note:
             reasons.insert(0, self.note)
+        if self.compile_seconds:
+            reasons.insert(0, f"compiled in {self.compile_seconds:.1f} s")
         return f"{self.method_used} (" + "; ".join(reasons) + ")" if reasons else self.method_used
 
 
@@ -169,6 +175,7 @@ def jvp(
     *,
     method: str = "auto",
     batched_v: bool = False,
+    compile: bool | str | Callable[..., Any] = False,
 ) -> tuple[TensorOrTuple, TensorOrTuple]:
     """Compute the Jacobian-vector product of ``func`` at ``inputs`` along ``v``.
 
@@ -195,6 +202,14 @@ def jvp(
             (each entry of ``v`` has the size ``(K, *input.size())``, the same K throughout), and
             each jvp gets that leading dimension: ``jvp[k]`` is J·v[k]. The primal is computed
             once and the K tangents are pushed through together.
+        compile: if True, the forward method (with jvpcli's tangent rules) is traced by dynamo
+            into one graph and compiled by inductor (``torch.compile``); a string or callable
+            names another ``torch.compile`` backend ("aot_eager", "eager"). Compiled functions
+            are cached per function, flags and the inputs' sizes, dtypes and devices, so only
+            the first call for each compiles. Where the function cannot be traced whole or the
+            compiler fails, and with ``create_graph``, ``strict`` or
+            ``method="double-backward"``, the product is computed eagerly and
+            ``info.fallbacks`` says why: never a different result.
 
     Returns:
         ``(func_output, jvp)``: each a Tensor, or a tuple when ``func`` returned a tuple.
@@ -207,7 +222,9 @@ def jvp(
         ValueError: ``method`` is not one of :data:`METHODS`.
         Exception: whatever ``func`` raises propagates unchanged.
     """
-    result = run_jvp(func, inputs, v, create_graph, strict, method=method, batched_v=batched_v)
+    result = run_jvp(
+        func, inputs, v, create_graph, strict, method=method, batched_v=batched_v, compile=compile
+    )
     return result.func_output, result.jvp
 
 
@@ -221,6 +238,7 @@ def jvp_with_info(
     *,
     method: str = "auto",
     batched_v: bool = False,
+    compile: bool | str | Callable[..., Any] = False,
 ) -> JvpResult:
     """Like :func:`jvp`, and also say how the product was computed.
 
@@ -230,7 +248,9 @@ def jvp_with_info(
         A :class:`JvpResult`: ``func_output`` and ``jvp`` as :func:`jvp` returns them, and
         ``info``, a :class:`JvpInfo` with the method that produced them and the fallbacks tried.
     """
-    return run_jvp(func, inputs, v, create_graph, strict, method=method, batched_v=batched_v)
+    return run_jvp(
+        func, inputs, v, create_graph, strict, method=method, batched_v=batched_v, compile=compile
+    )
 
 
 def run_jvp(
@@ -242,13 +262,23 @@ def run_jvp(
     *,
     method: str,
     batched_v: bool,
+    compile: bool | str | Callable[..., Any] = False,
+    compiled: CompiledCall | None = None,
 ) -> JvpResult:
-    """:func:`jvp_with_info` without the guard against tracers, for jvpcli's own entry points."""
+    """:func:`jvp_with_info` without the guard against tracers, for jvpcli's own entry points.
+
+    ``compiled``: what ``compile`` compiles, when not ``func`` itself (for ``jvp_tree``).
+    """
     if method not in METHODS:
         raise ValueError(
             f"jvp got an invalid method {method!r}: expected one of "
             + ", ".join(repr(m) for m in METHODS)
             + "."
+        )
+    if not isinstance(compile, (bool, str)) and not callable(compile):
+        raise TypeError(
+            "jvp's compile must be True or False, or a torch.compile backend (its name or the "
+            f"backend itself), but got {type(compile).__name__}."
         )
     start = time.perf_counter()
     is_inputs_tuple, inputs = _as_tuple(inputs, "inputs")
@@ -267,9 +297,26 @@ def run_jvp(
     fallbacks: list[Fallback] = []
     outcome = None
     note = None
+    compile_seconds = None
+    if compile is not False:
+        reason = _not_compiled_because(create_graph, strict, method)
+        if reason is not None:
+            fallbacks.append(Fallback(COMPILED, reason, "computed eagerly"))
+        else:
+            try:
+                with _forward_friendly_kernels():
+                    outcome, compile_seconds = _compiled_forward(
+                        compiled or CompiledCall(func, func, _select_outputs),
+                        inputs,
+                        v,
+                        batched_v,
+                        compile,
+                    )
+            except Exception as error:  # any failure to trace or compile: computed eagerly
+                fallbacks.append(Fallback(COMPILED, _first_line(error), "computed eagerly instead"))
     if method == "auto" and create_graph:
         note = _CREATE_GRAPH_NOTE
-    elif method in ("auto", "forward"):
+    elif outcome is None and method in ("auto", "forward"):
         forward = _forward_batched if batched_v else _forward
         try:
             outcome = _forward_with_retries(
@@ -289,15 +336,82 @@ def run_jvp(
             outcome = _double_backward(func, inputs, v, create_graph, strict, batched_v)
         method_used = "double-backward"
     else:
-        method_used = "forward"
+        method_used = "forward" if compile_seconds is None else COMPILED
 
     is_outputs_tuple, outputs, tangents = outcome
-    info = JvpInfo(method, method_used, tuple(fallbacks), time.perf_counter() - start, note)
+    info = JvpInfo(
+        method, method_used, tuple(fallbacks), time.perf_counter() - start, note, compile_seconds
+    )
     return JvpResult(
         _tuple_postprocess(outputs, is_outputs_tuple),
         _tuple_postprocess(tangents, is_outputs_tuple),
         info,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# compile=True (in jvpcli._compiled, which imports dynamo: only when asked).
+
+COMPILED = "forward (compiled)"
+"""``JvpInfo.method_used`` of a product computed by a compiled function, and the ``method`` of a
+:class:`Fallback` for a compile that was not used."""
+
+
+def _not_compiled_because(create_graph: bool, strict: bool, method: str) -> str | None:
+    if method == "double-backward":
+        return 'method="double-backward" is not compiled (compile applies to forward mode)'
+    if create_graph:
+        return "create_graph=True needs autograd's graph of the results, which is not compiled"
+    if strict:
+        return "strict=True reads the dependencies off autograd's graph, which is not compiled"
+    return None
+
+
+@dataclass(frozen=True)
+class CompiledCall:
+    """What ``compile=True`` compiles, and how its results become the engine's.
+
+    Attributes:
+        func: the function traced: it takes the inputs (dual tensors) and may return any of
+            torch's pytrees, whose tensor leaves are unpacked inside the compiled function.
+        identity: what the cache of compiled functions knows ``func`` by (``jvp_tree``'s
+            ``func`` is new on every call; the user's function is not).
+        select: ``(outputs, tangents)`` → the engine's ``(is_outputs_tuple, outputs, tangents)``
+            from the primal and tangent trees the compiled function returns.
+    """
+
+    func: Callable[..., object]
+    identity: object
+    select: Callable[[object, object], tuple[bool, tuple[Tensor, ...], tuple[Tensor, ...]]]
+
+
+def _select_outputs(
+    outputs: object, tangents: object
+) -> tuple[bool, tuple[Tensor, ...], tuple[Tensor, ...]]:
+    """``jvp``'s outputs: a Tensor or a tuple of Tensors."""
+    is_outputs_tuple, flat = _as_tuple(outputs, "outputs of the user-provided function")
+    flat_tangents = tangents if is_outputs_tuple else (tangents,)
+    return (
+        is_outputs_tuple,
+        flat,
+        flat_tangents,
+    )
+
+
+def _compiled_forward(
+    call: CompiledCall,
+    inputs: tuple[Tensor, ...],
+    v: tuple[Tensor, ...],
+    batched: bool,
+    compile: bool | str | Callable[..., Any],
+) -> tuple[tuple[bool, tuple[Tensor, ...], tuple[Tensor, ...]], float]:
+    from jvpcli import _compiled
+
+    backend = "inductor" if compile is True else compile
+    outputs, tangents, seconds = _compiled.forward(
+        call.func, inputs, v, batched, backend, call.identity
+    )
+    return call.select(outputs, tangents), seconds
 
 
 # --------------------------------------------------------------------------------------------
