@@ -36,7 +36,7 @@ import torch.autograd.forward_ad as fwAD
 import torch.utils._pytree as pytree
 from torch import Tensor
 
-from jvpcli._tangent_rules import FastTangentRules
+from jvpcli._tangent_rules import FastTangentRules, traced_lookup
 from jvpcli.engine import _check_inputs_unmodified, _dual_ready, _first_line, _make_duals
 
 __all__ = ["CACHE_SIZE", "Backend", "clear_cache", "forward"]
@@ -57,6 +57,10 @@ class _Entry:
 
 
 _CACHE: OrderedDict[Hashable, _Entry] = OrderedDict()
+
+_TRACED_LOOKUP = torch._dynamo.assume_constant_result(traced_lookup)
+"""The rule tables, a constant to dynamo: guarded on, their hundred keys would cost each call
+more than a small function's whole graph."""
 
 
 def clear_cache() -> None:
@@ -179,7 +183,7 @@ def _wrapper(
     """What dynamo traces: the eager forward method without its checks (made outside)."""
     with fwAD.dual_level() as level:
         duals = _make_duals(primals, tangents, level)
-        with FastTangentRules(level, traced=True):
+        with FastTangentRules(level, _TRACED_LOOKUP):
             raw_outputs = func(*duals)
         return _split_tree(raw_outputs, level)
 
@@ -190,7 +194,7 @@ def _batched_wrapper(
     """The batched forward method: ``torch.func.vmap`` over the K directions of ``tangents``."""
 
     def ruled(*duals: Tensor) -> object:
-        with FastTangentRules(fwAD._current_level, traced=True):
+        with FastTangentRules(fwAD._current_level, _TRACED_LOOKUP):
             return func(*duals)
 
     def one_direction(*direction: Tensor) -> tuple[object, object]:

@@ -438,35 +438,49 @@ def _entry(func: Callable[..., Any]) -> Callable[..., Any] | bool:
     return func in _RULES or _opened(func) is not None
 
 
-def _traced_entry(func: Callable[..., Any]) -> Callable[..., Any] | bool:
-    """:func:`_entry` for a mode that dynamo traces: read-only tables, so that its guards hold on
-    the next call, and no opened functions (their ops run with PyTorch's own rules)."""
-    number_op = _NUMBER_OVERLOADS.get(func)
-    if number_op is not None:
-        return number_op
-    return func in _RULES
+_TRACED_RULES: tuple[Rule, ...] = tuple(dict.fromkeys(_RULES.values()))
+_TRACED_RULE_INDEX = {func: _TRACED_RULES.index(rule) for func, rule in _RULES.items()}
+_NUMBER_OVERLOAD_NAMES = {
+    func: op.overloadpacket.__name__ for func, op in _NUMBER_OVERLOADS.items()
+}
+
+
+def traced_lookup(func: Callable[..., Any]) -> tuple[str | None, int | None]:
+    """For a mode that dynamo traces: the name of ``func``'s ATen op with a Scalar overload and
+    the index of its rule in ``_TRACED_RULES`` (each None if it has none).
+
+    Plain constants, so that dynamo can take the result as one
+    (``torch._dynamo.assume_constant_result``) and guard on no table: guarded key by key, the
+    hundred rules would cost each call more than a small function's whole graph. The traced mode
+    calls OpOverloads (dynamo cannot trace their C++ entry points) and opens no functions (the
+    ops inside them run with PyTorch's own rules).
+    """
+    return _NUMBER_OVERLOAD_NAMES.get(func), _TRACED_RULE_INDEX.get(func)
 
 
 class FastTangentRules(TorchFunctionMode):
     """While active, ops in the rule table skip PyTorch's zero-tangent work (see module doc)."""
 
-    def __init__(self, level: int, traced: bool = False) -> None:
-        """``level``: the forward AD level of the dual tensors; ``traced``: whether dynamo traces
-        the mode (``compile=True``), which calls ops by their OpOverloads."""
+    def __init__(
+        self,
+        level: int,
+        traced_lookup: Callable[[Callable[..., Any]], tuple[str | None, int | None]] | None = None,
+    ) -> None:
+        """``level``: the forward AD level of the dual tensors; ``traced_lookup``: for a mode that
+        dynamo traces (``compile=True``), :func:`traced_lookup` as dynamo may call it."""
         super().__init__()
         self.level = level
         self._running: set[Callable[..., Any]] = set()
-        self.traced = traced
+        self._traced_lookup = traced_lookup
 
     def __torch_function__(
         self, func: Callable[..., Any], types: tuple, args: tuple = (), kwargs: dict | None = None
     ) -> Any:
-        if self.traced:
-            entry = _traced_entry(func)
-        else:
-            entry = _ENTRIES.get(func)
-            if entry is None:
-                entry = _ENTRIES[func] = _entry(func)
+        if self._traced_lookup is not None:
+            return self._traced(func, args, kwargs or {})
+        entry = _ENTRIES.get(func)
+        if entry is None:
+            entry = _ENTRIES[func] = _entry(func)
         if entry is False:
             return func(*args, **kwargs) if kwargs else func(*args)
         if (
@@ -480,6 +494,24 @@ class FastTangentRules(TorchFunctionMode):
             return entry(*args)
         return self._ruled(func, args, kwargs or {})
 
+    def _traced(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        """:meth:`__torch_function__` while dynamo traces the mode."""
+        number_op, rule_index = self._traced_lookup(func)
+        if (
+            number_op is not None
+            and not kwargs
+            and len(args) == 2
+            and type(args[1]) in _NUMBERS
+            and isinstance(args[0], Tensor)
+            and args[0].is_floating_point()
+        ):
+            return getattr(torch.ops.aten, number_op).Scalar(*args)
+        if rule_index is not None:
+            result = _TRACED_RULES[rule_index](self.level, func, args, kwargs)
+            if result is not NotImplemented:
+                return result
+        return func(*args, **kwargs)
+
     def _ruled(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         """``func`` through its rule, else its opened copy under the mode, else as it is."""
         rule = _RULES.get(func)
@@ -487,7 +519,7 @@ class FastTangentRules(TorchFunctionMode):
             result = rule(self.level, func, args, kwargs)
             if result is not NotImplemented:
                 return result
-        opened = None if self.traced else _opened(func)
+        opened = _opened(func)
         if opened is not None and func not in self._running:
             # A function whose C part dispatches back to it (Tensor.unflatten) runs plainly the
             # second time.
