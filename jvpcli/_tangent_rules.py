@@ -381,11 +381,15 @@ def _build_number_ops() -> dict[Callable[..., Any], Callable[..., Any]]:
         ([torch.div, Tensor.div, Tensor.__truediv__, torch.true_divide], aten.div.Scalar),
     ]:
         for func in funcs:
-            ops[func] = getattr(op, "_op", op)  # the C++ entry point, skipping a Python frame
+            ops[func] = op
     return ops
 
 
-_NUMBER_OPS = _build_number_ops()
+_NUMBER_OVERLOADS = _build_number_ops()
+"""For a traced call (``compile=True``): dynamo traces an OpOverload, not its C++ entry point."""
+
+_NUMBER_OPS = {func: getattr(op, "_op", op) for func, op in _NUMBER_OVERLOADS.items()}
+"""For an eager call: the C++ entry point, skipping a Python frame."""
 
 
 def _always_false(*_: object) -> bool:
@@ -434,17 +438,46 @@ def _entry(func: Callable[..., Any]) -> Callable[..., Any] | bool:
     return func in _RULES or _opened(func) is not None
 
 
+_TRACED_RULES: tuple[Rule, ...] = tuple(dict.fromkeys(_RULES.values()))
+_TRACED_RULE_INDEX = {func: _TRACED_RULES.index(rule) for func, rule in _RULES.items()}
+_NUMBER_OVERLOAD_NAMES = {
+    func: op.overloadpacket.__name__ for func, op in _NUMBER_OVERLOADS.items()
+}
+
+
+def traced_lookup(func: Callable[..., Any]) -> tuple[str | None, int | None]:
+    """For a mode that dynamo traces: the name of ``func``'s ATen op with a Scalar overload and
+    the index of its rule in ``_TRACED_RULES`` (each None if it has none).
+
+    Plain constants, so that dynamo can take the result as one
+    (``torch._dynamo.assume_constant_result``) and guard on no table: guarded key by key, the
+    hundred rules would cost each call more than a small function's whole graph. The traced mode
+    calls OpOverloads (dynamo cannot trace their C++ entry points) and opens no functions (the
+    ops inside them run with PyTorch's own rules).
+    """
+    return _NUMBER_OVERLOAD_NAMES.get(func), _TRACED_RULE_INDEX.get(func)
+
+
 class FastTangentRules(TorchFunctionMode):
     """While active, ops in the rule table skip PyTorch's zero-tangent work (see module doc)."""
 
-    def __init__(self, level: int) -> None:
+    def __init__(
+        self,
+        level: int,
+        traced_lookup: Callable[[Callable[..., Any]], tuple[str | None, int | None]] | None = None,
+    ) -> None:
+        """``level``: the forward AD level of the dual tensors; ``traced_lookup``: for a mode that
+        dynamo traces (``compile=True``), :func:`traced_lookup` as dynamo may call it."""
         super().__init__()
         self.level = level
         self._running: set[Callable[..., Any]] = set()
+        self._traced_lookup = traced_lookup
 
     def __torch_function__(
         self, func: Callable[..., Any], types: tuple, args: tuple = (), kwargs: dict | None = None
     ) -> Any:
+        if self._traced_lookup is not None:
+            return self._traced(func, args, kwargs or {})
         entry = _ENTRIES.get(func)
         if entry is None:
             entry = _ENTRIES[func] = _entry(func)
@@ -460,6 +493,24 @@ class FastTangentRules(TorchFunctionMode):
         ):
             return entry(*args)
         return self._ruled(func, args, kwargs or {})
+
+    def _traced(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        """:meth:`__torch_function__` while dynamo traces the mode."""
+        number_op, rule_index = self._traced_lookup(func)
+        if (
+            number_op is not None
+            and not kwargs
+            and len(args) == 2
+            and type(args[1]) in _NUMBERS
+            and isinstance(args[0], Tensor)
+            and args[0].is_floating_point()
+        ):
+            return getattr(torch.ops.aten, number_op).Scalar(*args)
+        if rule_index is not None:
+            result = _TRACED_RULES[rule_index](self.level, func, args, kwargs)
+            if result is not NotImplemented:
+                return result
+        return func(*args, **kwargs)
 
     def _ruled(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         """``func`` through its rule, else its opened copy under the mode, else as it is."""

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from jvpcli import _pytree
-from jvpcli.engine import JvpInfo, jvp_with_info
+from jvpcli.engine import CompiledCall, JvpInfo, outside_compilers, run_jvp
 
 __all__ = ["OutputLeaf", "TreeJvpResult", "jvp_tree"]
 
@@ -68,6 +68,7 @@ class TreeJvpResult:
     dropped: tuple[tuple[str, str], ...]
 
 
+@outside_compilers("jvp_tree")
 def jvp_tree(
     func: Callable[..., Any],
     args: Sequence[Any] = (),
@@ -81,6 +82,7 @@ def jvp_tree(
     method: str = "auto",
     batched_v: bool = False,
     outputs: Sequence[str] | None = None,
+    compile: bool | str | Callable[..., Any] = False,
 ) -> TreeJvpResult:
     """Compute the Jacobian-vector product of ``func(*args, **kwargs)`` along the given tangents.
 
@@ -119,6 +121,8 @@ def jvp_tree(
             differentiated nor returned, and ``strict`` ignores them. ``None``: every leaf.
             Integer and bool output tensors get a zero tangent and are exempt from ``strict``
             (they cannot depend differentiably on anything).
+        compile: compile the forward method, as in :func:`jvpcli.jvp` (cached per ``func``,
+            flags and the differentiated values' sizes, dtypes and devices).
 
     Returns:
         A :class:`TreeJvpResult`: the output and its tangent in the output's structure, each
@@ -168,7 +172,7 @@ def jvp_tree(
     output_structure: list[tuple[list[tuple[_pytree.KeyPath, Any]], _pytree.TreeSpec]] = []
     param_names = [name for name, *_ in params]
 
-    def flat_func(*flat: Tensor) -> tuple[Tensor, ...]:
+    def call(*flat: Tensor) -> Any:
         call_args = list(args)
         call_kwargs = dict(kwargs)
         position = 0
@@ -181,32 +185,54 @@ def jvp_tree(
             else:
                 call_kwargs[argument.key] = value
         if param_names:
-            raw = torch.func.functional_call(
+            return torch.func.functional_call(
                 func,
                 dict(zip(param_names, flat[position:], strict=True)),
                 tuple(call_args),
                 call_kwargs,
                 strict=False,
             )
-        else:
-            raw = func(*call_args, **call_kwargs)
+        return func(*call_args, **call_kwargs)
+
+    def record(raw: Any) -> tuple[list[int], tuple[Tensor, ...]]:
+        """Record the structure of ``raw``, an output; the positions among its leaves of the
+        tensors the engine differentiates, and those tensors."""
         leaves, spec = _pytree.flatten(raw)
         kept = _kept(leaves, outputs)
         structure: list[tuple[_pytree.KeyPath, Any]] = []
+        positions: list[int] = []
         differentiable: list[Tensor] = []
-        for path, leaf in kept:
+        for position, (path, leaf) in enumerate(kept):
             if isinstance(leaf, Tensor) and (strict and not _is_differentiable(leaf)):
                 # Strict mode would call an integer output a violation: it bypasses the engine.
                 structure.append((path, _Constant(leaf.detach())))
             elif isinstance(leaf, Tensor):
                 structure.append((path, _TENSOR))
+                positions.append(position)
                 differentiable.append(leaf)
             else:
                 structure.append((path, leaf))
         output_structure[:] = [(structure, spec, len(leaves) != len(kept))]
-        return tuple(differentiable)
+        return positions, tuple(differentiable)
 
-    result = jvp_with_info(
+    def flat_func(*flat: Tensor) -> tuple[Tensor, ...]:
+        return record(call(*flat))[1]
+
+    def select(raw: Any, raw_tangents: Any) -> tuple[bool, tuple[Tensor, ...], tuple[Tensor, ...]]:
+        positions, differentiable = record(raw)
+        tangent_leaves = _kept(_pytree.flatten(raw_tangents)[0], None)
+        output_paths = [path for path, _ in _kept(_pytree.flatten(raw)[0], outputs)]
+        by_path = dict(tangent_leaves)
+        if any(output_paths[i] not in by_path for i in positions):
+            # A container torch's pytrees do not know (a dataclass): its tensors left the
+            # compiled function as they were, and their tangents with them.
+            raise RuntimeError(
+                "the output holds tensors in a container the compiled function cannot unpack"
+            )
+        tangents_out = tuple(by_path[output_paths[i]] for i in positions)
+        return True, differentiable, tangents_out
+
+    result = run_jvp(
         flat_func,
         tuple(primals),
         tuple(directions),
@@ -214,6 +240,8 @@ def jvp_tree(
         strict,
         method=method,
         batched_v=batched_v,
+        compile=compile,
+        compiled=CompiledCall(call, func, select),
     )
     leaves, spec, selected = output_structure[0]
     count = directions[0].size(0) if batched_v else None

@@ -19,15 +19,24 @@ How a call runs (``method="auto"``):
 ``strict=True`` needs to know which inputs each output depends on, which forward mode alone cannot
 tell: strict calls also record the reverse graph's *structure* (saved tensors are discarded as they
 are packed, so it costs no activation memory) and read the dependencies off it.
+
+Inside someone else's ``torch.compile``: the public entry points are never traced by dynamo
+(once dynamo is loaded they are wrapped in ``torch.compiler.disable``, recursively): dynamo breaks
+the graph around them and they run eagerly, as they would outside, every result correct. Dynamo
+tracing their insides would go wrong silently (dual tensors and the tangent-rule mode through
+dynamo give zero tangents under ``strict``), and a torch.export trace or a backend's make_fx
+cannot take them at all: there, and under ``fullgraph=True``, they raise :data:`INSIDE_COMPILE`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -41,6 +50,18 @@ METHODS: tuple[str, ...] = ("auto", "forward", "double-backward")
 """The values ``method`` accepts."""
 
 TensorOrTuple = Tensor | tuple[Tensor, ...]
+_R = TypeVar("_R")
+
+INSIDE_COMPILE = (
+    "jvpcli.{entry} was called while torch.compile or torch.export traces a function: jvpcli "
+    "cannot run inside a compiled or exported function (its forward-mode dual tensors and tangent "
+    "rules cannot be traced into someone else's graph, and a result traced anyway could be "
+    "silently wrong). Call jvpcli.{entry}(..., compile=True) outside the compiled function to get "
+    "a compiled jvp, or call jvpcli outside the compiled region (without fullgraph=True, "
+    "torch.compile does this for you: it breaks the graph around jvpcli and runs it eagerly)."
+)
+"""The error jvpcli's entry points raise when a tracer (torch.export, a backend's make_fx, dynamo
+with ``fullgraph=True``) would take them into its graph."""
 
 _CREATE_GRAPH_NOTE = (
     "create_graph: auto uses double backward, whose graph PyTorch differentiates correctly "
@@ -75,8 +96,11 @@ class JvpInfo:
         method: the method requested ("auto", "forward" or "double-backward").
         method_used: the method that produced the result ("forward" or "double-backward").
         fallbacks: the attempts that failed before, in order, with why and what changed.
-        seconds: wall time of the whole call, fallbacks included.
+        seconds: wall time of the whole call, fallbacks and compiling included.
         note: why "auto" chose ``method_used`` without trying forward mode first, if it did.
+        compile_seconds: with ``compile``, the time this call spent tracing and compiling (its
+            first call for these shapes; 0.0 when it reused a compiled function); ``None`` when
+            the result was not computed by a compiled function.
     """
 
     method: str
@@ -84,11 +108,14 @@ class JvpInfo:
     fallbacks: tuple[Fallback, ...]
     seconds: float
     note: str | None = None
+    compile_seconds: float | None = None
 
     def __str__(self) -> str:
         reasons = [str(f) for f in self.fallbacks]
         if self.note:
             reasons.insert(0, self.note)
+        if self.compile_seconds:
+            reasons.insert(0, f"compiled in {self.compile_seconds:.1f} s")
         return f"{self.method_used} (" + "; ".join(reasons) + ")" if reasons else self.method_used
 
 
@@ -101,6 +128,44 @@ class JvpResult:
     info: JvpInfo
 
 
+def outside_compilers(entry: str) -> Callable[[Callable[..., _R]], Callable[..., _R]]:
+    """Make the public entry point ``jvpcli.<entry>`` safe to call inside someone else's compile.
+
+    Once dynamo is loaded (nothing can compile before), the entry point runs wrapped in
+    ``torch.compiler.disable``, recursively: dynamo never traces it nor anything it
+    calls, but breaks the graph there and calls it eagerly (or, with ``fullgraph=True``, raises
+    with :data:`INSIDE_COMPILE` as the reason). Without dynamo, no wrapper and no cost. Inside,
+    a trace that is not dynamo's (torch.export, make_fx from a backend) gets
+    :data:`INSIDE_COMPILE`.
+    """
+    message = INSIDE_COMPILE.format(entry=entry)
+
+    def decorate(func: Callable[..., _R]) -> Callable[..., _R]:
+        def checked(*args: object, **kwargs: object) -> _R:
+            if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+                raise RuntimeError(message)
+            return func(*args, **kwargs)
+
+        disabled: list[Callable[..., _R]] = []
+
+        @functools.wraps(func)
+        def run(*args: object, **kwargs: object) -> _R:
+            if "torch._dynamo" not in sys.modules:
+                return checked(*args, **kwargs)
+            if torch.compiler.is_compiling():
+                # Dynamo is tracing this very call, and cannot trace torch.compiler.disable: the
+                # error makes it run this frame eagerly (or, with fullgraph=True, says why not).
+                raise RuntimeError(message)
+            if not disabled:
+                disabled.append(torch.compiler.disable(checked, recursive=True, reason=message))
+            return disabled[0](*args, **kwargs)
+
+        return run
+
+    return decorate
+
+
+@outside_compilers("jvp")
 def jvp(
     func: Callable[..., TensorOrTuple],
     inputs: TensorOrTuple,
@@ -110,6 +175,7 @@ def jvp(
     *,
     method: str = "auto",
     batched_v: bool = False,
+    compile: bool | str | Callable[..., Any] = False,
 ) -> tuple[TensorOrTuple, TensorOrTuple]:
     """Compute the Jacobian-vector product of ``func`` at ``inputs`` along ``v``.
 
@@ -136,6 +202,14 @@ def jvp(
             (each entry of ``v`` has the size ``(K, *input.size())``, the same K throughout), and
             each jvp gets that leading dimension: ``jvp[k]`` is J·v[k]. The primal is computed
             once and the K tangents are pushed through together.
+        compile: if True, the forward method (with jvpcli's tangent rules) is traced by dynamo
+            into one graph and compiled by inductor (``torch.compile``); a string or callable
+            names another ``torch.compile`` backend ("aot_eager", "eager"). Compiled functions
+            are cached per function, flags and the inputs' sizes, dtypes and devices, so only
+            the first call for each compiles. Where the function cannot be traced whole or the
+            compiler fails, and with ``create_graph``, ``strict`` or
+            ``method="double-backward"``, the product is computed eagerly and
+            ``info.fallbacks`` says why: never a different result.
 
     Returns:
         ``(func_output, jvp)``: each a Tensor, or a tuple when ``func`` returned a tuple.
@@ -148,12 +222,13 @@ def jvp(
         ValueError: ``method`` is not one of :data:`METHODS`.
         Exception: whatever ``func`` raises propagates unchanged.
     """
-    result = jvp_with_info(
-        func, inputs, v, create_graph, strict, method=method, batched_v=batched_v
+    result = run_jvp(
+        func, inputs, v, create_graph, strict, method=method, batched_v=batched_v, compile=compile
     )
     return result.func_output, result.jvp
 
 
+@outside_compilers("jvp_with_info")
 def jvp_with_info(
     func: Callable[..., TensorOrTuple],
     inputs: TensorOrTuple,
@@ -163,6 +238,7 @@ def jvp_with_info(
     *,
     method: str = "auto",
     batched_v: bool = False,
+    compile: bool | str | Callable[..., Any] = False,
 ) -> JvpResult:
     """Like :func:`jvp`, and also say how the product was computed.
 
@@ -172,11 +248,37 @@ def jvp_with_info(
         A :class:`JvpResult`: ``func_output`` and ``jvp`` as :func:`jvp` returns them, and
         ``info``, a :class:`JvpInfo` with the method that produced them and the fallbacks tried.
     """
+    return run_jvp(
+        func, inputs, v, create_graph, strict, method=method, batched_v=batched_v, compile=compile
+    )
+
+
+def run_jvp(
+    func: Callable[..., TensorOrTuple],
+    inputs: TensorOrTuple,
+    v: TensorOrTuple | None,
+    create_graph: bool,
+    strict: bool,
+    *,
+    method: str,
+    batched_v: bool,
+    compile: bool | str | Callable[..., Any] = False,
+    compiled: CompiledCall | None = None,
+) -> JvpResult:
+    """:func:`jvp_with_info` without the guard against tracers, for jvpcli's own entry points.
+
+    ``compiled``: what ``compile`` compiles, when not ``func`` itself (for ``jvp_tree``).
+    """
     if method not in METHODS:
         raise ValueError(
             f"jvp got an invalid method {method!r}: expected one of "
             + ", ".join(repr(m) for m in METHODS)
             + "."
+        )
+    if not isinstance(compile, (bool, str)) and not callable(compile):
+        raise TypeError(
+            "jvp's compile must be True or False, or a torch.compile backend (its name or the "
+            f"backend itself), but got {type(compile).__name__}."
         )
     start = time.perf_counter()
     is_inputs_tuple, inputs = _as_tuple(inputs, "inputs")
@@ -195,9 +297,26 @@ def jvp_with_info(
     fallbacks: list[Fallback] = []
     outcome = None
     note = None
+    compile_seconds = None
+    if compile is not False:
+        reason = _not_compiled_because(create_graph, strict, method)
+        if reason is not None:
+            fallbacks.append(Fallback(COMPILED, reason, "computed eagerly"))
+        else:
+            try:
+                with _forward_friendly_kernels():
+                    outcome, compile_seconds = _compiled_forward(
+                        compiled or CompiledCall(func, func, _select_outputs),
+                        inputs,
+                        v,
+                        batched_v,
+                        compile,
+                    )
+            except Exception as error:  # any failure to trace or compile: computed eagerly
+                fallbacks.append(Fallback(COMPILED, _first_line(error), "computed eagerly instead"))
     if method == "auto" and create_graph:
         note = _CREATE_GRAPH_NOTE
-    elif method in ("auto", "forward"):
+    elif outcome is None and method in ("auto", "forward"):
         forward = _forward_batched if batched_v else _forward
         try:
             outcome = _forward_with_retries(
@@ -217,15 +336,82 @@ def jvp_with_info(
             outcome = _double_backward(func, inputs, v, create_graph, strict, batched_v)
         method_used = "double-backward"
     else:
-        method_used = "forward"
+        method_used = "forward" if compile_seconds is None else COMPILED
 
     is_outputs_tuple, outputs, tangents = outcome
-    info = JvpInfo(method, method_used, tuple(fallbacks), time.perf_counter() - start, note)
+    info = JvpInfo(
+        method, method_used, tuple(fallbacks), time.perf_counter() - start, note, compile_seconds
+    )
     return JvpResult(
         _tuple_postprocess(outputs, is_outputs_tuple),
         _tuple_postprocess(tangents, is_outputs_tuple),
         info,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# compile=True (in jvpcli._compiled, which imports dynamo: only when asked).
+
+COMPILED = "forward (compiled)"
+"""``JvpInfo.method_used`` of a product computed by a compiled function, and the ``method`` of a
+:class:`Fallback` for a compile that was not used."""
+
+
+def _not_compiled_because(create_graph: bool, strict: bool, method: str) -> str | None:
+    if method == "double-backward":
+        return 'method="double-backward" is not compiled (compile applies to forward mode)'
+    if create_graph:
+        return "create_graph=True needs autograd's graph of the results, which is not compiled"
+    if strict:
+        return "strict=True reads the dependencies off autograd's graph, which is not compiled"
+    return None
+
+
+@dataclass(frozen=True)
+class CompiledCall:
+    """What ``compile=True`` compiles, and how its results become the engine's.
+
+    Attributes:
+        func: the function traced: it takes the inputs (dual tensors) and may return any of
+            torch's pytrees, whose tensor leaves are unpacked inside the compiled function.
+        identity: what the cache of compiled functions knows ``func`` by (``jvp_tree``'s
+            ``func`` is new on every call; the user's function is not).
+        select: ``(outputs, tangents)`` → the engine's ``(is_outputs_tuple, outputs, tangents)``
+            from the primal and tangent trees the compiled function returns.
+    """
+
+    func: Callable[..., object]
+    identity: object
+    select: Callable[[object, object], tuple[bool, tuple[Tensor, ...], tuple[Tensor, ...]]]
+
+
+def _select_outputs(
+    outputs: object, tangents: object
+) -> tuple[bool, tuple[Tensor, ...], tuple[Tensor, ...]]:
+    """``jvp``'s outputs: a Tensor or a tuple of Tensors."""
+    is_outputs_tuple, flat = _as_tuple(outputs, "outputs of the user-provided function")
+    flat_tangents = tangents if is_outputs_tuple else (tangents,)
+    return (
+        is_outputs_tuple,
+        flat,
+        flat_tangents,
+    )
+
+
+def _compiled_forward(
+    call: CompiledCall,
+    inputs: tuple[Tensor, ...],
+    v: tuple[Tensor, ...],
+    batched: bool,
+    compile: bool | str | Callable[..., Any],
+) -> tuple[tuple[bool, tuple[Tensor, ...], tuple[Tensor, ...]], float]:
+    from jvpcli import _compiled
+
+    backend = "inductor" if compile is True else compile
+    outputs, tangents, seconds = _compiled.forward(
+        call.func, inputs, v, batched, backend, call.identity
+    )
+    return call.select(outputs, tangents), seconds
 
 
 # --------------------------------------------------------------------------------------------

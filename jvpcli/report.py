@@ -86,9 +86,15 @@ def run_view(result: RunResult) -> RenderableType:
             "output is up to date (--resume)",
         )
     else:
+        compiling = (
+            f" ({_duration(result.compile_seconds)} of it compiling)"
+            if result.compile_seconds
+            else ""
+        )
         details.add_row(
             "time",
-            f"{_duration(result.seconds)} computing, {_duration(result.total_seconds)} in all",
+            f"{_duration(result.seconds)} computing{compiling}, "
+            f"{_duration(result.total_seconds)} in all",
         )
     details.add_row("device", result.device)
     if result.roles:
@@ -220,7 +226,9 @@ def _run_entry(spec: RunSpec, status: str, outcome: RunOutcome | None) -> dict[s
         "carried_graph": None if result is None else result.carried_graph,
         "dtype": spec.dtype,
         "device": spec.device if result is None else result.device,
+        "compile": spec.compile,
         "seconds": None if result is None else result.seconds,
+        "compile_seconds": None if result is None else result.compile_seconds,
         "total_seconds": None if outcome is None else outcome.total_seconds,
         "outputs": None
         if result is None

@@ -586,7 +586,7 @@ def test_json_summary_has_its_documented_keys(tmp_path: Path) -> None:
         "notes", "output", "method",
         "method_used", "fallbacks", "strict", "create_graph", "batched_v", "carried_graph",
         "dtype", "device", "seconds", "total_seconds", "outputs", "seed", "deterministic",
-        "expect", "check", "fail_on_nonfinite", "checks", "error",
+        "expect", "check", "fail_on_nonfinite", "checks", "error", "compile", "compile_seconds",
     }  # fmt: skip
     assert run["error"] is None
     (finite,) = run["checks"]
@@ -642,12 +642,19 @@ def test_schema_lists_every_config_key() -> None:
     assert set(schema["properties"]) == {
         "name", "function", "inputs", "v", "v_params", "outputs", "save_v", "output", "order",
         "strict", "create_graph",
-        "method", "dtype", "device", "executor", "resources", "batched_v", "expect", "rtol",
-        "atol", "tolerances",
+        "method", "compile", "dtype", "device", "executor", "resources", "batched_v",
+        "expect", "rtol", "atol", "tolerances",
         "check", "fd_step", "fd_rtol", "fail_on_nonfinite", "seed", "deterministic", "sweep",
         "runs",
     }  # fmt: skip
     assert schema["properties"]["method"]["enum"] == ["auto", "forward", "double-backward"]
+    assert (
+        schema["properties"]["compile"]["type"],
+        schema["properties"]["compile"]["default"],
+    ) == (
+        "boolean",
+        False,
+    )
 
 
 def test_sample_configs_satisfy_the_schema() -> None:

@@ -141,6 +141,14 @@ KEYS: dict[str, Key] = {
         default="auto",
         choices=METHODS,
     ),
+    "compile": Key(
+        "boolean",
+        "Compute with a compiled function: jvpcli's forward method traced by torch.compile and "
+        "compiled by inductor. The first run for a function and input shapes pays the compile "
+        "time (seconds), later ones in the same process (a sweep's) reuse it. Where the function "
+        "cannot be traced, or with create_graph or strict, the run computes eagerly and says why.",
+        default=False,
+    ),
     "dtype": Key("choice", "Cast inputs and v to this dtype before computing.", choices=DTYPES),
     "device": Key(
         "device",

@@ -215,7 +215,7 @@ class RunSpec:
         output: where ``func_output`` and ``jvp`` are written.
         order: the order in which the tensors in ``inputs`` are passed, when their names do not
             match the function's parameters.
-        strict, create_graph, method, batched_v: passed to the engine.
+        strict, create_graph, method, batched_v, compile: passed to the engine.
         dtype: a floating-point dtype name to cast inputs and ``v`` to, or ``None`` to keep theirs.
         device: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``.
         config: the config file the run came from (``None`` for a config-free command line).
@@ -251,6 +251,7 @@ class RunSpec:
     strict: bool = False
     create_graph: bool = False
     method: str = "auto"
+    compile: bool = False
     dtype: str | None = None
     device: str = "cpu"
     batched_v: bool = False
@@ -317,6 +318,8 @@ class RunSpec:
             settings["outputs"] = list(self.outputs)
         if self.save_v:
             settings["save_v"] = True
+        if self.compile:
+            settings["compile"] = True
         return settings
 
     def tolerance(self, key: str) -> Tolerance:

@@ -161,6 +161,7 @@ def _compute(checked: CheckedRun, cache: WorkerCache, started: float) -> RunResu
                 method=spec.method,
                 batched_v=spec.batched_v,
                 outputs=spec.outputs,
+                compile=spec.compile,
             )
     except BaseException as error:
         if not failures(error):
@@ -218,6 +219,7 @@ def _compute(checked: CheckedRun, cache: WorkerCache, started: float) -> RunResu
         roles=_roles(checked),
         params=checked.params,
         notes=(*function.notes, *(f"dropped {d}: not a tensor" for d in dropped)),
+        compile_seconds=result.info.compile_seconds,
     )
 
 
@@ -572,6 +574,7 @@ def _metadata(
         "jvpcli.strict": json.dumps(spec.strict),
         "jvpcli.create_graph": json.dumps(spec.create_graph),
         "jvpcli.batched_v": json.dumps(spec.batched_v),
+        "jvpcli.compile": json.dumps(spec.compile),
         "jvpcli.carried_graph": json.dumps(carried_graph),
         "jvpcli.device": checked.device,
         "jvpcli.executor": cache.executor,

@@ -68,7 +68,7 @@ class RunResult:
     Attributes:
         spec: the run.
         device: the device it computed on.
-        method_used: "forward" or "double-backward".
+        method_used: "forward", "forward (compiled)" or "double-backward".
         fallbacks: the engine's attempts that failed before, in order.
         description: the engine's one-line account of the method, e.g. "forward".
         seconds: the engine's wall time.
@@ -85,6 +85,9 @@ class RunResult:
         params: the parameters (state-dict names) differentiated along ``v_params``.
         notes: what the user should know: output leaves dropped (not tensors), weights a
             pretrained folder lacks.
+        compile_seconds: with ``compile``, how much of ``seconds`` went to tracing and
+            compiling (0.0 when a function compiled by an earlier run was reused); ``None`` when
+            nothing compiled computed the result.
     """
 
     spec: RunSpec
@@ -101,6 +104,7 @@ class RunResult:
     roles: tuple[tuple[str, str], ...] = ()
     params: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    compile_seconds: float | None = None
 
     @property
     def status(self) -> str:

@@ -1,0 +1,220 @@
+"""``compile=True``: jvpcli's forward method, traced by dynamo and compiled (by inductor).
+
+The compiled function is the eager forward method itself: the inputs become dual tensors, the
+function runs under :class:`~jvpcli._tangent_rules.FastTangentRules`, and the outputs are
+unpacked into primals and tangents (with ``batched_v``, ``torch.func.vmap`` of that over the K
+directions). Dynamo traces all of it, tangent rules included, into one graph of plain ops (the
+rules have already expanded the tangent math, so the zero-tangent products stay gone), which
+the backend compiles. ``fullgraph=True``: a function dynamo cannot trace whole (data-dependent
+Python control flow on tensor values, an ``autograd.Function``, an op it does not know) raises
+here, and the engine computes eagerly instead, with the reason among its fallbacks. A graph
+broken in pieces would hand dual tensors from one piece to the next, which is no place to trust.
+
+Compiled callables are cached per (function, backend, ``batched_v``, the inputs' and tangents'
+sizes, dtypes and devices), in a bounded cache shared by every call in the process (and so by
+every run of a sweep). Dynamo's guards stay on inside each entry: a function that changes in a
+way that matters (another module attribute, a weight replaced by a tensor of another size) is
+traced again, never reused stale; weights updated in place are read as they are at each call.
+Each entry compiles its own copy of the wrapper's code, so that dynamo's per-code recompile
+limit counts one function's recompiles only.
+
+This module imports dynamo (1.5 s): the engine imports it only when a call asks to compile.
+"""
+
+from __future__ import annotations
+
+import time
+import types
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.autograd.forward_ad as fwAD
+import torch.utils._pytree as pytree
+from torch import Tensor
+
+from jvpcli._tangent_rules import FastTangentRules, traced_lookup
+from jvpcli.engine import _check_inputs_unmodified, _dual_ready, _first_line, _make_duals
+
+__all__ = ["CACHE_SIZE", "Backend", "clear_cache", "forward"]
+
+Backend = str | Callable[..., Any]
+"""What ``compile`` names: ``True`` for inductor, or a ``torch.compile`` backend."""
+
+CACHE_SIZE = 64
+"""How many compiled callables are kept; the least recently used goes first."""
+
+
+@dataclass
+class _Entry:
+    compiled: Callable[..., tuple[object, object]]
+    owner: Callable[[], object | None]  # the function it was compiled for, or None once gone
+    compiled_once: bool = False
+    failure: str | None = None  # why its first call failed to trace or compile
+
+
+_CACHE: OrderedDict[Hashable, _Entry] = OrderedDict()
+
+_TRACED_LOOKUP = torch._dynamo.assume_constant_result(traced_lookup)
+"""The rule tables, a constant to dynamo: guarded on, their hundred keys would cost each call
+more than a small function's whole graph."""
+
+
+def clear_cache() -> None:
+    """Forget every compiled callable (the next call of each function compiles again)."""
+    _CACHE.clear()
+
+
+def forward(
+    func: Callable[..., object],
+    inputs: tuple[Tensor, ...],
+    v: tuple[Tensor, ...],
+    batched: bool,
+    backend: Backend,
+    identity: object,
+) -> tuple[object, object, float]:
+    """The forward method, compiled: ``(outputs, tangents, compile_seconds)``.
+
+    ``outputs`` is what ``func`` returned, each tensor leaf (of torch's pytrees) replaced by its
+    primal, detached; ``tangents`` the same structure with each tensor's tangent (zeros for a
+    tensor that does not depend on the inputs) and None for every other leaf.
+    ``compile_seconds``: the time spent tracing and compiling in this call (the whole first call
+    of a cache entry), 0 when the entry was compiled before. ``identity``: what the cache knows
+    the function by (``func`` itself, or, for ``jvp_tree``, the user's function, whose wrapper is
+    new on every call: it is passed to the compiled callable as an argument, and dynamo's guards
+    check it).
+
+    Raises:
+        Exception: whatever tracing or compiling raised; the engine then computes eagerly.
+    """
+    primals = _dual_ready(tuple(x.detach() for x in inputs))
+    tangents = tuple(t.detach() for t in v)
+    key = (
+        id(identity),
+        _backend_key(backend),
+        batched,
+        tuple(_tensor_key(x) for x in primals),
+        tuple(_tensor_key(t) for t in tangents),
+    )
+    entry = _CACHE.get(key)
+    if entry is not None and entry.owner() is not identity:
+        entry = None  # the id of a function that is gone, reused by another
+    if entry is None:
+        entry = _Entry(_compile(batched, backend), _reference(identity))
+        _CACHE[key] = entry
+        while len(_CACHE) > CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    _CACHE.move_to_end(key)
+    if entry.failure is not None:
+        raise RuntimeError(entry.failure)  # it failed for these shapes before: not again
+    versions = [x._version for x in primals]
+    start = time.perf_counter()
+    try:
+        if not entry.compiled_once:
+            _refuse_custom_functions(func, primals)
+        with torch.no_grad():
+            outputs, jvps = entry.compiled(func, primals, tangents)
+    except Exception as error:
+        if not entry.compiled_once:
+            entry.failure = _first_line(error)
+        raise
+    compile_seconds = 0.0
+    if not entry.compiled_once:
+        compile_seconds = time.perf_counter() - start
+        entry.compiled_once = True
+    _check_inputs_unmodified(primals, versions)
+    return outputs, jvps, compile_seconds
+
+
+def _refuse_custom_functions(func: Callable[..., object], primals: tuple[Tensor, ...]) -> None:
+    """Raise if ``func`` calls a custom ``torch.autograd.Function``.
+
+    Dynamo traces such a Function's ``forward`` into the graph and differentiates that, ignoring
+    its ``jvp`` and ``backward`` (a straight-through estimator's derivative becomes 0): a wrong
+    result, silently. One eager call with autograd's graph recorded finds them, by their nodes.
+    """
+    with torch.enable_grad():
+        outputs = func(*(x.detach().requires_grad_() for x in primals))
+        nodes = [t.grad_fn for t in pytree.tree_leaves(outputs) if isinstance(t, Tensor)]
+        seen: set[int] = set()
+        while nodes:
+            node = nodes.pop()
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            if isinstance(node, torch.autograd.function.BackwardCFunction):
+                raise RuntimeError(
+                    f"the function calls a custom autograd.Function ({type(node).__name__}), "
+                    "whose own jvp or backward a compiled function would not use"
+                )
+            nodes.extend(next_node for next_node, _ in node.next_functions)
+
+
+def _tensor_key(x: Tensor) -> tuple[object, ...]:
+    return (tuple(x.shape), x.dtype, x.device, x.is_contiguous())
+
+
+def _backend_key(backend: Backend) -> Hashable:
+    return backend if isinstance(backend, str) else id(backend)
+
+
+def _reference(identity: object) -> Callable[[], object | None]:
+    try:
+        return weakref.ref(identity)
+    except TypeError:  # builtins (torch.sin) cannot be weakly referenced: kept alive instead
+        return lambda: identity
+
+
+def _compile(batched: bool, backend: Backend) -> Callable[..., Any]:
+    wrapper = _batched_wrapper if batched else _wrapper
+    # A copy of the code object: dynamo keeps its compiled graphs (and counts recompiles) per code.
+    fresh = types.FunctionType(
+        wrapper.__code__.replace(), wrapper.__globals__, wrapper.__name__, wrapper.__defaults__
+    )
+    return torch.compile(fresh, backend=backend, fullgraph=True, dynamic=False)
+
+
+def _wrapper(
+    func: Callable[..., object], primals: tuple[Tensor, ...], tangents: tuple[Tensor, ...]
+) -> tuple[object, object]:
+    """What dynamo traces: the eager forward method without its checks (made outside)."""
+    with fwAD.dual_level() as level:
+        duals = _make_duals(primals, tangents, level)
+        with FastTangentRules(level, _TRACED_LOOKUP):
+            raw_outputs = func(*duals)
+        return _split_tree(raw_outputs, level)
+
+
+def _batched_wrapper(
+    func: Callable[..., object], primals: tuple[Tensor, ...], tangents: tuple[Tensor, ...]
+) -> tuple[object, object]:
+    """The batched forward method: ``torch.func.vmap`` over the K directions of ``tangents``."""
+
+    def ruled(*duals: Tensor) -> object:
+        with FastTangentRules(fwAD._current_level, _TRACED_LOOKUP):
+            return func(*duals)
+
+    def one_direction(*direction: Tensor) -> tuple[object, object]:
+        return torch.func.jvp(ruled, primals, direction)
+
+    return torch.func.vmap(one_direction, out_dims=(None, 0))(*tangents)
+
+
+def _split_tree(tree: object, level: int) -> tuple[object, object]:
+    """The primals and the tangents of the dual tensors in ``tree`` (torch's pytrees): ``tree``
+    with each tensor's primal, and with each tensor's tangent (zeros for a tensor that does not
+    depend on the inputs) and None for every other leaf."""
+
+    def primal(x: object) -> object:
+        return fwAD.unpack_dual(x, level=level).primal if isinstance(x, Tensor) else x
+
+    def tangent(x: object) -> object:
+        if not isinstance(x, Tensor):
+            return None
+        primal, tangent = fwAD.unpack_dual(x, level=level)
+        return torch.zeros_like(primal) if tangent is None else tangent
+
+    return pytree.tree_map(primal, tree), pytree.tree_map(tangent, tree)

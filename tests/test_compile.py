@@ -1,0 +1,324 @@
+"""jvpcli and torch.compile: inside someone else's compiled function, and jvpcli's own compile=True.
+
+The oracle is torch.autograd.functional.jvp (and, for the compiled path, float64 central
+differences). Compiling takes seconds on a small machine: the tests are few and small, use the
+"eager" backend where only the plumbing is checked, and inductor for a couple.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.autograd.functional import jvp as torch_jvp
+
+import jvpcli
+
+INSIDE_COMPILE = "jvpcli cannot run inside a compiled or exported function"
+
+
+def linear() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Linear(4, 3)
+
+
+CALLERS = {
+    "jvp": lambda f, x, v, **flags: jvpcli.jvp(f, x, v, **flags)[1],
+    "jvp_tree": lambda f, x, v, **flags: jvpcli.jvp_tree(f, (x,), tangents=(v,), **flags).jvp,
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# Inside someone else's torch.compile: dynamo breaks the graph around jvpcli, which runs eagerly.
+
+
+@pytest.mark.parametrize("backend", ["eager", "inductor"])
+@pytest.mark.parametrize("make", [lambda: torch.sin, linear], ids=["sin", "Linear"])
+def test_jvp_inside_a_compiled_function_equals_pytorchs(backend, make) -> None:
+    func = make()
+    x = torch.randn(2, 4)
+    v = torch.randn(2, 4)
+    expected = torch_jvp(func, x, v)[1]
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x, v: jvpcli.jvp(func, x, v)[1] * 2, backend=backend)
+    torch.testing.assert_close(compiled(x, v), 2 * expected)
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+@pytest.mark.parametrize("flags", [{}, {"strict": True}, {"batched_v": True}], ids=str)
+def test_every_entry_point_and_flag_inside_a_compiled_function_equals_pytorchs(
+    caller, flags
+) -> None:
+    # strict=True once gave a zero jvp here, traced by dynamo into the graph.
+    func = linear()
+    x = torch.randn(2, 4)
+    v = torch.randn(2, 4)
+    expected = torch_jvp(func, x, v)[1]
+    tangent = v.unsqueeze(0) if flags.get("batched_v") else v
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x, t: CALLERS[caller](func, x, t, **flags), backend="eager")
+    got = compiled(x, tangent)
+    torch.testing.assert_close(got[0] if flags.get("batched_v") else got, expected)
+
+
+def test_jvp_under_fullgraph_raises_the_clear_error() -> None:
+    torch._dynamo.reset()
+    compiled = torch.compile(
+        lambda x, v: jvpcli.jvp(torch.sin, x, v), backend="eager", fullgraph=True
+    )
+    with pytest.raises(Exception, match=INSIDE_COMPILE):
+        compiled(torch.randn(3), torch.randn(3))
+
+
+def test_jvp_under_torch_export_raises_the_clear_error() -> None:
+    class Jvp(torch.nn.Module):
+        def forward(self, x, v):
+            return jvpcli.jvp(torch.sin, x, v)[1]
+
+    with pytest.raises(RuntimeError, match=INSIDE_COMPILE):
+        torch.export.export(Jvp(), (torch.randn(3), torch.randn(3)), strict=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# compile=True: the forward method, compiled. "aot_eager" checks the tracing (dynamo and
+# AOTAutograd, as inductor gets them) at a fraction of inductor's compile time.
+
+
+def sin_chain(x):
+    for _ in range(4):
+        x = torch.sin(x) * 0.9 + 0.1
+    return x
+
+
+def mlp(dtype: torch.dtype) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    return model.to(dtype).eval().requires_grad_(False)
+
+
+def conv(dtype: torch.dtype) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.ReLU())
+    return model.to(dtype).eval().requires_grad_(False)
+
+
+def two_outputs(x, y):
+    return x * y.exp(), (x - y).tanh().sum()
+
+
+def central_differences(func, inputs, v, step=1e-6):
+    """J·v of ``func`` at ``inputs``, from float64 central differences (the oracle for float64)."""
+    plus = func(*(x + step * t for x, t in zip(inputs, v, strict=True)))
+    minus = func(*(x - step * t for x, t in zip(inputs, v, strict=True)))
+    if isinstance(plus, tuple):
+        return tuple((p - m) / (2 * step) for p, m in zip(plus, minus, strict=True))
+    return (plus - minus) / (2 * step)
+
+
+CASES = {
+    "sin chain": (lambda dtype: sin_chain, [(5, 7)]),
+    "MLP": (mlp, [(4, 6)]),
+    "conv": (conv, [(2, 2, 5, 5)]),
+    "tuple outputs": (lambda dtype: two_outputs, [(3, 4), (3, 4)]),
+}
+
+
+def case(name: str, dtype: torch.dtype):
+    make, shapes = CASES[name]
+    torch.manual_seed(1)
+    inputs = tuple(torch.randn(shape, dtype=dtype) for shape in shapes)
+    return make(dtype), inputs, tuple(torch.randn_like(x) for x in inputs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("name", CASES)
+def test_compiled_jvp_equals_pytorchs_and_finite_differences(name, dtype) -> None:
+    func, inputs, v = case(name, dtype)
+    expected_out, expected_jvp = torch_jvp(func, inputs, v)
+    result = jvpcli.jvp_with_info(func, inputs, v, compile="aot_eager")
+    assert result.info.method_used == "forward (compiled)", str(result.info)
+    torch.testing.assert_close(result.func_output, expected_out)
+    torch.testing.assert_close(result.jvp, expected_jvp)
+    if dtype == torch.float64:
+        differences = central_differences(func, inputs, v)
+        torch.testing.assert_close(result.jvp, differences, rtol=1e-6, atol=1e-6)
+
+
+def test_compiled_batched_tangents_equal_pytorchs_one_by_one() -> None:
+    func, (x,), _ = case("MLP", torch.float32)
+    directions = torch.randn(5, *x.shape)
+    result = jvpcli.jvp_with_info(func, x, directions, batched_v=True, compile="aot_eager")
+    assert result.info.method_used == "forward (compiled)", str(result.info)
+    expected = torch.stack([torch_jvp(func, x, d)[1] for d in directions])
+    torch.testing.assert_close(result.jvp, expected)
+    torch.testing.assert_close(result.func_output, func(x))
+
+
+@pytest.mark.parametrize("batched_v", [False, True], ids=["one direction", "batched_v"])
+def test_inductor_compiled_jvp_equals_pytorchs(batched_v) -> None:
+    func, (x,), (v,) = case("MLP" if batched_v else "sin chain", torch.float32)
+    directions = torch.stack([v, -2 * v]) if batched_v else v
+    result = jvpcli.jvp_with_info(func, x, directions, batched_v=batched_v, compile=True)
+    assert result.info.method_used == "forward (compiled)", str(result.info)
+    assert result.info.compile_seconds > 0
+    expected = torch_jvp(func, x, v)[1]
+    torch.testing.assert_close(
+        result.jvp, torch.stack([expected, -2 * expected]) if batched_v else expected
+    )
+
+
+def branchy(x):
+    return x.sin() if x.sum() > 0 else x.cos()
+
+
+class StraightThrough(torch.autograd.Function):
+    """Rounds, and passes gradients straight through: its derivative is not its forward's."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.round()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+@pytest.mark.parametrize(
+    ("func", "reason"),
+    [
+        (branchy, "Data-dependent branching"),
+        (StraightThrough.apply, "custom autograd.Function (StraightThroughBackward)"),
+    ],
+    ids=["data-dependent control flow", "custom autograd.Function"],
+)
+def test_untraceable_function_falls_back_with_the_reason_and_the_right_answer(func, reason) -> None:
+    x = torch.randn(6, dtype=torch.float64)
+    v = torch.randn(6, dtype=torch.float64)
+    for _ in range(2):  # the second call skips the trace that failed, with the same reason
+        result = jvpcli.jvp_with_info(func, x, v, compile="aot_eager")
+        (compiled, *_) = result.info.fallbacks
+        assert compiled.method == "forward (compiled)"
+        assert reason in compiled.reason
+        assert result.info.method_used != "forward (compiled)"
+        torch.testing.assert_close(result.jvp, torch_jvp(func, x, v)[1])
+
+
+@pytest.mark.parametrize("flags", [{"create_graph": True}, {"strict": True}], ids=str)
+def test_create_graph_and_strict_compute_eagerly_and_say_so(flags) -> None:
+    x = torch.randn(4, dtype=torch.float64)
+    v = torch.randn(4, dtype=torch.float64)
+    result = jvpcli.jvp_with_info(torch.sin, x, v, compile="aot_eager", **flags)
+    (fallback,) = result.info.fallbacks
+    assert fallback.method == "forward (compiled)"
+    assert next(iter(flags)) in fallback.reason
+    assert result.info.compile_seconds is None
+    torch.testing.assert_close(result.jvp, torch_jvp(torch.sin, x, v, **flags)[1])
+
+
+class CountingBackend:
+    """A torch.compile backend that counts the graphs it compiles (and runs them as they are)."""
+
+    def __init__(self) -> None:
+        self.compiles = 0
+
+    def __call__(self, graph, example_inputs):
+        self.compiles += 1
+        return graph.forward
+
+
+def test_second_call_reuses_the_compiled_function_and_a_new_shape_compiles_again() -> None:
+    backend = CountingBackend()
+    func = mlp(torch.float32)
+
+    def call(batch):
+        x = torch.randn(batch, 6)
+        v = torch.randn(batch, 6)
+        result = jvpcli.jvp_with_info(func, x, v, compile=backend)
+        torch.testing.assert_close(result.jvp, torch_jvp(func, x, v)[1])
+        return result.info
+
+    first = call(4)
+    assert (backend.compiles, first.method_used) == (1, "forward (compiled)")
+    assert first.compile_seconds > 0
+    second = call(4)
+    assert (backend.compiles, second.compile_seconds) == (1, 0.0)
+    call(5)
+    assert backend.compiles == 2
+
+
+def test_weights_changed_after_compiling_are_read_at_each_call() -> None:
+    func = mlp(torch.float32)
+    x = torch.randn(4, 6)
+    v = torch.randn(4, 6)
+    jvpcli.jvp(func, x, v, compile="aot_eager")
+    with torch.no_grad():
+        func[0].weight.mul_(3)
+    torch.testing.assert_close(
+        jvpcli.jvp(func, x, v, compile="aot_eager")[1], torch_jvp(func, x, v)[1]
+    )
+    func[2].weight = torch.nn.Parameter(torch.randn(3, 8), requires_grad=False)
+    torch.testing.assert_close(
+        jvpcli.jvp(func, x, v, compile="aot_eager")[1], torch_jvp(func, x, v)[1]
+    )
+
+
+def test_compiled_jvp_tree_along_parameters_and_keyword_arguments() -> None:
+    model = mlp(torch.float64)
+    x = torch.randn(4, 6, dtype=torch.float64)
+    directions = {name: torch.randn_like(p) for name, p in model.named_parameters()}
+    result = jvpcli.jvp_tree(model, (x,), param_tangents=directions, compile="aot_eager")
+    assert result.info.method_used == "forward (compiled)", str(result.info)
+
+    def of_params(*values):
+        return torch.func.functional_call(model, dict(zip(directions, values, strict=True)), (x,))
+
+    params = tuple(dict(model.named_parameters()).values())
+    torch.testing.assert_close(
+        result.jvp, torch_jvp(of_params, params, tuple(directions.values()))[1]
+    )
+
+    def scaled(x, *, scale, ids):
+        return {"y": x.sin() * scale, "ids": ids + 1, "count": 3}
+
+    ids = torch.arange(4)
+    v = torch.randn(4, dtype=torch.float64)
+    result = jvpcli.jvp_tree(
+        scaled,
+        (),
+        {"x": x[0, :4], "scale": 2.0, "ids": ids},
+        kwarg_tangents={"x": v},
+        compile="aot_eager",
+    )
+    assert result.info.method_used == "forward (compiled)", str(result.info)
+    torch.testing.assert_close(result.jvp["y"], 2 * x[0, :4].cos() * v)
+    torch.testing.assert_close(result.jvp["ids"], torch.zeros_like(ids))
+    assert result.func_output["count"] == 3 and result.jvp["count"] is None
+
+
+# ------------------------------------------------------------------------------------------------
+# The command line: compile: true
+
+
+def test_cli_run_with_compile_true_writes_pytorchs_jvp_and_shows_the_compile_time(tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+    from test_cli import expected_jvp, relocated_config
+
+    config = relocated_config("tiny_mlp", tmp_path, compile=True)
+    completed = subprocess.run(
+        [sys.executable, "-m", "jvpcli", "compute", str(config), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    (run,) = json.loads(completed.stdout)["runs"]
+    assert (run["compile"], run["method_used"]) == (True, "forward (compiled)"), run["fallbacks"]
+    assert run["compile_seconds"] > 0
+    written = load_file(tmp_path / "out.safetensors")
+    expected_out, expected_tangent = expected_jvp("tiny_mlp", ["x"])
+    torch.testing.assert_close(written["func_output"], expected_out)
+    torch.testing.assert_close(written["jvp"], expected_tangent)
