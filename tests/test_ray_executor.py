@@ -102,7 +102,7 @@ def invoke(*args: str | Path, env: dict[str, str] | None = None) -> Any:
 def local_ray() -> Iterator[None]:
     """One in-process local Ray instance for the in-process commands of this module."""
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield
     ray.shutdown()
 

@@ -1,6 +1,7 @@
 """Executors: how the checked runs of a command are sent to
 :func:`~jvpcli.runner.execution.execute_run`. :func:`run_locally` runs them in order in this
-process; other executors keep its guarantees (failures isolated, outcomes yielded as runs finish,
+process; :class:`~jvpcli.runner.ray_executor.RayExecutor` runs them as Ray tasks. Every executor
+keeps its guarantees (failures isolated, outcomes yielded as runs finish,
 no partial file on Ctrl-C)."""
 
 from __future__ import annotations

@@ -144,7 +144,13 @@ class RayExecutor:
             terminate = signal.getsignal(signal.SIGTERM)
             try:
                 if address is None:
-                    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, **settings)
+                    # "local": a new instance, even where another one runs on this machine.
+                    ray.init(
+                        address="local",
+                        num_cpus=os.cpu_count() or 1,
+                        include_dashboard=False,
+                        **settings,
+                    )
                 else:
                     ray.init(address=address, **settings)
             except (ConnectionError, RuntimeError, ValueError) as error:
