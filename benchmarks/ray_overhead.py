@@ -12,7 +12,7 @@ modules imported). Outputs go to /dev/shm when there is one.
   as the local loop does: ``(median(ray) - median(local)) / 60`` is what a Ray task adds to a run
   (submitting, scheduling, sending the run and its outcome, the driver's checks). Target: under
   20 ms.
-- Speed-up: an 8-run sweep of a CPU-bound function (a 40-step tanh recurrence over 256 x 256
+- Speed-up: a 16-run sweep of a CPU-bound function (a 300-step tanh recurrence over 256 x 256
   matrices), each run asking for 1 CPU, so Ray runs ``--workers`` at once, each task with
   ``torch.set_num_threads(1)`` (what jvpcli sets: as many threads as CPUs asked for). Against the
   local executor with torch's default threads (``torch.get_num_threads()``, the cores) and with 1
@@ -37,7 +37,7 @@ from typer.testing import CliRunner
 from jvpcli.cli import app
 
 TINY_RUNS = 60
-HEAVY_RUNS = 8
+HEAVY_RUNS = 16
 
 FUNCTIONS = """
 import torch
@@ -50,7 +50,7 @@ def tiny(x):
 
 
 def heavy(x):
-    for _ in range(40):
+    for _ in range(300):
         x = torch.tanh(x @ W)
     return x
 """
@@ -120,20 +120,24 @@ def main() -> None:
             log_to_driver=False,
         )
         threads = torch.get_num_threads()
-        arms = {
-            "tiny local": (tiny, ()),
-            "tiny ray": (tiny, ("--executor", "ray")),
-            f"heavy local ({threads} threads)": (heavy, ()),
-            "heavy local (1 thread)": (heavy, ("--set", "executor=local")),
-            f"heavy ray ({options.workers} workers x 1 thread)": (heavy, ("--executor", "ray")),
-        }
-        samples: dict[str, list[float]] = {name: [] for name in arms}
-        for round_ in range(options.rounds + 1):  # round 0 warms up
-            for name, (config, args) in arms.items():
-                torch.set_num_threads(1 if "1 thread)" in name else threads)
-                seconds = timed(config, *args)
-                if round_:
-                    samples[name].append(seconds)
+        # Two phases, each interleaving its own arms: tasks of one resource shape keep their
+        # workers warm (Ray keeps an idle pool per shape, of about one worker per CPU).
+        phases = [
+            {"tiny local": (tiny, ()), "tiny ray": (tiny, ("--executor", "ray"))},
+            {
+                f"heavy local ({threads} threads)": (heavy, ()),
+                "heavy local (1 thread)": (heavy, ("--set", "executor=local")),
+                f"heavy ray ({options.workers} workers x 1 thread)": (heavy, ("--executor", "ray")),
+            },
+        ]
+        samples: dict[str, list[float]] = {}
+        for arms in phases:
+            for round_ in range(options.rounds + 1):  # round 0 warms up
+                for name, (config, args) in arms.items():
+                    torch.set_num_threads(1 if "1 thread)" in name else threads)
+                    seconds = timed(config, *args)
+                    if round_:
+                        samples.setdefault(name, []).append(seconds)
         torch.set_num_threads(threads)
         for name, values in samples.items():
             print(f"{name:40} {summary(values)}")
