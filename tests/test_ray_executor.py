@@ -151,9 +151,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             time.sleep(1)
         yield address
     finally:
+        # ray start stops what it started on SIGTERM, slowly (half a minute here): past a few
+        # seconds, the whole process group it leads (its GCS, raylet and workers) is killed.
         os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(60)
+            head.wait(5)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
