@@ -284,10 +284,8 @@ def test_a_model_with_a_weight_direction_matches_the_local_executor(workspace, l
 
 
 def test_junit_report_is_the_local_one(workspace, local_ray) -> None:
-    config = write_sweep(workspace)
-    config.write_text(
-        config.read_text()
-        + "runs:\n  - name: good\n  - name: bad\n    function: functions.py:boom\n"
+    config = write_sweep(
+        workspace, extra="runs:\n  - name: good\n  - name: bad\n    function: functions.py:boom\n"
     )
 
     def cases(path: Path) -> list[tuple[Any, ...]]:
@@ -337,10 +335,8 @@ def test_each_worker_imports_the_function_module_once(workspace, local_ray) -> N
 
 
 def test_a_failing_run_fails_alone(workspace, local_ray) -> None:
-    config = write_sweep(workspace)
-    config.write_text(
-        config.read_text()
-        + "runs:\n  - name: good\n  - name: bad\n    function: functions.py:boom\n"
+    config = write_sweep(
+        workspace, extra="runs:\n  - name: good\n  - name: bad\n    function: functions.py:boom\n"
     )
     result = invoke("compute", config, "--executor", "ray")
     assert result.exit_code == 1
@@ -351,10 +347,8 @@ def test_a_failing_run_fails_alone(workspace, local_ray) -> None:
 
 
 def test_a_worker_that_dies_fails_its_run_and_a_retry_recovers_it(workspace, local_ray):
-    config = write_sweep(workspace)
-    config.write_text(
-        config.read_text() + "runs:\n  - name: good\n  - name: dead\n    function: "
-        "functions.py:die\n"
+    config = write_sweep(
+        workspace, extra="runs:\n  - name: good\n  - name: dead\n    function: functions.py:die\n"
     )
     result = invoke("compute", config, "--executor", "ray")
     assert result.exit_code == 1
@@ -376,10 +370,10 @@ def test_a_worker_that_dies_fails_its_run_and_a_retry_recovers_it(workspace, loc
 
 
 def test_fail_fast_cancels_the_runs_not_yet_finished(workspace, local_ray) -> None:
-    config = write_sweep(workspace, "gated")
-    config.write_text(
-        config.read_text()
-        + "runs:\n  - name: bad\n    function: functions.py:boom\n  - name: slow\n"
+    config = write_sweep(
+        workspace,
+        "gated",
+        extra="runs:\n  - name: bad\n    function: functions.py:boom\n  - name: slow\n",
     )
     (workspace / "gate").write_text("closed")
     started = time.monotonic()
@@ -396,10 +390,9 @@ def test_fail_fast_cancels_the_runs_not_yet_finished(workspace, local_ray) -> No
 
 
 def test_every_run_is_checked_before_the_first_is_submitted(workspace, local_ray) -> None:
-    config = write_sweep(workspace)
-    config.write_text(
-        config.read_text()
-        + "runs:\n  - name: good\n  - name: missing\n    v: data/absent.safetensors\n"
+    config = write_sweep(
+        workspace,
+        extra="runs:\n  - name: good\n  - name: missing\n    v: data/absent.safetensors\n",
     )
     result = invoke("compute", config, "--executor", "ray")
     assert result.exit_code == 2

@@ -175,10 +175,11 @@ class RayExecutor:
         total = ray.cluster_resources()
         for checked in runs:
             _check_fits(checked.spec, task_options(checked.spec, 0), total)
-        where = "a local Ray instance" if address is None and self._started else "Ray cluster"
         if address is not None:
             where = f"Ray cluster {address}"
-        elif not self._started:
+        elif self._started:
+            where = "a local Ray instance"
+        else:
             where = "the Ray cluster this process is connected to"
         gpus = int(total.get("GPU", 0))
         resources = f"{int(total.get('CPU', 0))} CPUs" + (f", {gpus} GPUs" if gpus else "")
