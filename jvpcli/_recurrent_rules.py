@@ -13,6 +13,14 @@ Recomputing the primal is faster than calling the fused kernel for it: the tange
 step's gates, which the fused kernel does not return, and recomputing them would cost another
 pass as large as the forward itself.
 
+Without a reverse graph to record (no ``create_graph``, no strict mode: grad mode is off), the
+LSTM takes a leaner route to the same arithmetic (:func:`_lstm_direction_into`): the weights' gate
+rows reordered to ``i, f, o, g`` once per call, with ``g``'s doubled so that one sigmoid covers all
+four gates (``tanh p = 2 sigmoid 2p - 1``); each slope one kernel (``sigmoid_backward``); the
+gates, cell states and ``tanh c`` in buffers allocated once and their views made once; the hidden
+state written straight into the layer's output, which the next step reads as its ``[h; h_t]``; and
+oneDNN's matmul, which PyTorch's fused forward uses too, for large float32 weights.
+
 The rules cover constant weights (tangents on the input and the initial states); a dual weight,
 dropout between layers in training mode, a dtype other than float32 / float64, and calls inside a
 functorch transform (batched tangents, whose stacking with the primal would copy the primal per
@@ -44,6 +52,9 @@ class _Weights:
 
 
 Step = Callable[[Tensor, tuple[Tensor, ...], int, _Weights], tuple[Tensor, ...]]
+Direction = Callable[
+    [Tensor, list[int], list[Tensor], _Weights, bool, Tensor], tuple[Tensor, list[Tensor]]
+]
 
 
 @dataclass(frozen=True)
@@ -53,10 +64,16 @@ class _Cell:
     ``step(inputs, states, n, weights)`` takes this step's input products (``(2n, gates)``: the
     primal rows, then the tangent rows; input bias included) and the states (each ``(2, n, size)``:
     value and tangent) and returns the new states, the hidden state first (also the step's output).
+
+    ``direction_into``, where a cell has one, runs a whole direction of a layer with grad mode off
+    (see :func:`_run_direction` for its arguments), writing the outputs into its last argument; its
+    weights are those of ``prepare(weights)``.
     """
 
     step: Step
     input_bias: Callable[[_Weights], Tensor | None]
+    direction_into: Direction | None = None
+    prepare: Callable[[_Weights], _Weights] | None = None
 
 
 def _sum_of_biases(weights: _Weights) -> Tensor | None:
@@ -103,6 +120,170 @@ def _lstm_step(
     if weights.w_hr_t is not None:
         new_hidden = _rows(new_hidden).mm(weights.w_hr_t).view(2, n, -1)
     return new_hidden, new_cell
+
+
+def _onednn_linear() -> Callable[..., Tensor] | None:
+    try:
+        return torch.ops.mkldnn._linear_pointwise.default
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return None
+
+
+_ONEDNN_LINEAR = _onednn_linear()
+_ONEDNN_MIN_WEIGHT = 1 << 17
+"""oneDNN's matmul costs some 15 µs a call more than MKL's: for a weight smaller than this (an
+LSTM of hidden size 128 or less), ``mm`` is faster whatever the rows."""
+
+
+def _product(x: Tensor, weight_t: Tensor, weight: Tensor | None = None) -> Tensor:
+    """``x @ weight_t``, through oneDNN's matmul for a large float32 weight on CPU, as the fused
+    forward runs.
+
+    On this project's machine oneDNN's float32 matmul runs 10-30% faster than MKL's, which
+    ``torch.mm`` calls; PyTorch's fused LSTM forward is oneDNN's too, so with ``mm`` the jvp would
+    pay that difference on every matmul of the layer. Grad mode off only (the op has no autograd
+    formula); float64 and other devices take ``mm``. ``weight`` (``weight_t.t()``) saves a view.
+    """
+    if (
+        _ONEDNN_LINEAR is not None
+        and weight_t.numel() >= _ONEDNN_MIN_WEIGHT
+        and x.dtype == torch.float32
+        and x.device.type == "cpu"
+        and torch._C._get_mkldnn_enabled()
+    ):
+        return _ONEDNN_LINEAR(x, weight_t.t() if weight is None else weight, None, "none", [], "")
+    return x.mm(weight_t)
+
+
+_SIGMOID_BACKWARD = torch.ops.aten.sigmoid_backward.grad_input  # grad * s (1 - s), into grad_input
+_TANH_SLOPE = torch.ops.aten.tanh_backward.default
+
+
+def _gates_ifog(weights: _Weights) -> _Weights:
+    """The weights for :func:`_lstm_direction_into`: the gate rows reordered from PyTorch's
+    ``i, f, g, o`` to ``i, f, o, g``, and those of ``g`` doubled.
+
+    With ``g``'s pre-activation doubled, one sigmoid covers all four gates:
+    ``tanh(p) = 2 sigmoid(2p) - 1``, and on this project's machine torch's float32 tanh costs seven
+    times its sigmoid. Each transposed weight stays a transposed view, as the matmuls of the other
+    path see it.
+    """
+
+    def reordered(weight: Tensor) -> Tensor:  # grad mode is off: in place on the fresh copy
+        gates = weight.reshape(4, -1, *weight.shape[1:])[[0, 1, 3, 2]]
+        gates[3] *= 2
+        return gates.reshape(weight.shape)
+
+    def bias(b: Tensor | None) -> Tensor | None:
+        return None if b is None else reordered(b)
+
+    return _Weights(
+        reordered(weights.w_ih_t.t()).t(),
+        reordered(weights.w_hh_t.t()).t(),
+        bias(weights.b_ih),
+        bias(weights.b_hh),
+        weights.w_hr_t,
+    )
+
+
+def _lstm_direction_into(
+    products: Tensor,
+    batch_sizes: list[int],
+    initial: list[Tensor],
+    weights: _Weights,
+    reverse: bool,
+    out: Tensor,
+) -> tuple[Tensor, list[Tensor]]:
+    """:func:`_run_direction` of :func:`_lstm_step`, grad mode off, gates ``i, f, o, g``
+    (:func:`_gates_ifog`), the outputs written into ``out``.
+
+    Every step's Python-level op costs a few microseconds whatever its size, as much as the
+    arithmetic of a step of a small batch: the gates, cell states and ``tanh c`` live in buffers
+    allocated once, with their views (the four gates, value and tangent rows) made once per number
+    of active rows, and each step writes into them.
+    """
+    hidden0, cell0 = initial
+    size = cell0.size(-1)
+    rows = max(batch_sizes)
+    gates = products.new_empty(2, rows, 4 * size)
+    cells = [products.new_empty(2, rows, size), products.new_empty(2, rows, size)]
+    squashed = products.new_empty(rows, size)
+    w_hh = weights.w_hh_t.t()
+    views: dict[int, tuple[Tensor, ...]] = {}
+
+    def views_of(n: int) -> tuple[Tensor, ...]:
+        if n not in views:
+            block = gates[:, :n]
+            value, tangent = block.unbind(0)
+            i, f, o, g = block.split(size, -1)
+            views[n] = (
+                block,
+                value,
+                tangent,
+                g,
+                i,
+                i[0],
+                f[0],
+                f[1],
+                g[0],
+                g[1],
+                o,
+                o[0],
+                squashed[:n],
+            )
+        return views[n]
+
+    offsets = [0]
+    for n in batch_sizes[:-1]:
+        offsets.append(offsets[-1] + n)
+    order = range(len(batch_sizes) - 1, -1, -1) if reverse else range(len(batch_sizes))
+    active = 0 if reverse else batch_sizes[0]
+    cells[0][:, :active] = cell0[:, :active]
+    hidden = hidden0[:, :active]
+    finished: list[list[Tensor]] = [[], []]
+    for step, t in enumerate(order):
+        n, offset = batch_sizes[t], offsets[t]
+        cell, new_cell = cells[step % 2][:, :active], cells[(step + 1) % 2][:, :n]
+        if n < active:  # rows stop: their states are final (nothing writes them again)
+            finished[0].append(hidden[:, n:active])
+            finished[1].append(cell[:, n:active])
+            hidden, cell = hidden[:, :n], cell[:, :n]
+        elif n > active:  # rows start, from the initial states
+            hidden = torch.cat([hidden, hidden0[:, active:n]], 1)
+            cells[step % 2][:, active:n] = cell0[:, active:n]
+            cell = cells[step % 2][:, :n]
+        active = n
+        (block, value, tangent, g, i, i0, f0, f1, g0, g1, o, o0, tanh_c) = views_of(n)
+        product = _product(_rows(hidden), weights.w_hh_t, w_hh)
+        torch.add(
+            product.view(block.shape),
+            products[2 * offset : 2 * (offset + n)].view(block.shape),
+            out=block,
+        )
+        value.sigmoid_()  # i, f, o, and (g + 1) / 2
+        _SIGMOID_BACKWARD(tangent, value, grad_input=tangent)  # i_t, f_t, o_t, g_t / 2
+        g.mul_(2)
+        g0.sub_(1)
+        torch.mul(cell, f0, out=new_cell)  # [f c; f c_t]
+        new_cell.addcmul_(i, g0)  # + [i g; i_t g]
+        new_value, new_tangent = new_cell.unbind(0)
+        new_tangent.addcmul_(f1, cell[0]).addcmul_(i0, g1)
+        torch.tanh(new_value, out=tanh_c)
+        target = out[2 * offset : 2 * (offset + n)].view(2, n, -1)
+        if weights.w_hr_t is None:
+            torch.mul(o, tanh_c, out=target)  # [o tanh c'; o_t tanh c']
+            target[1].addcmul_(o0, _TANH_SLOPE(new_tangent, tanh_c))
+        else:
+            unprojected = torch.mul(o, tanh_c)
+            unprojected[1].addcmul_(o0, _TANH_SLOPE(new_tangent, tanh_c))
+            target.copy_(_product(_rows(unprojected), weights.w_hr_t).view(target.shape))
+        hidden = target
+    final_cell = cells[len(batch_sizes) % 2][:, :active]
+    finals = [
+        torch.cat([state, *reversed(pieces)], 1) if pieces else state
+        for state, pieces in zip((hidden, final_cell), finished, strict=True)
+    ]
+    return out, finals
 
 
 def _gru_input_bias(weights: _Weights) -> Tensor | None:
@@ -154,7 +335,7 @@ def _relu_step(
     return (torch.stack([new, pre_t * (new > 0)]),)
 
 
-_LSTM = _Cell(_lstm_step, _sum_of_biases)
+_LSTM = _Cell(_lstm_step, _sum_of_biases, _lstm_direction_into, _gates_ifog)
 _GRU = _Cell(_gru_step, _gru_input_bias)
 _RNN_TANH = _Cell(_tanh_step, _sum_of_biases)
 _RNN_RELU = _Cell(_relu_step, _sum_of_biases)
@@ -293,7 +474,9 @@ def _input_products(
     layer_input: Tensor, weight_t: Tensor, bias: Tensor | None, runs: list[_Run]
 ) -> Tensor:
     """``[x W^T + b; x_t W^T]`` of all time steps at once, interleaved like ``layer_input``."""
-    products = layer_input.mm(weight_t)
+    products = (
+        layer_input.mm(weight_t) if torch.is_grad_enabled() else _product(layer_input, weight_t)
+    )
     if bias is not None:
         for run in runs:  # a fresh product: the mm's backward needs none of its values
             run.of(products)[:, 0].add_(bias)
@@ -349,24 +532,41 @@ def _run(cell: _Cell, call: _Call) -> tuple[Tensor, Tensor, list[tuple[Tensor, T
     runs = _runs(call.batch_sizes)
     data_t = torch.zeros_like(call.data) if call.data_t is None else call.data_t
     layer_input = _interleaved(call.data, data_t, runs)
+    into = cell.direction_into is not None and not torch.is_grad_enabled()
     finals: list[list[Tensor]] = [[] for _ in call.initial]
     for layer in range(call.num_layers):
         outputs = []
+        layer_output = None
+        if into:
+            size = call.initial[0][0].size(-1)  # the hidden state's (projected) size
+            layer_output = layer_input.new_empty(layer_input.size(0), call.directions * size)
         for direction in range(call.directions):
             index = layer * call.directions + direction
             weights = call.weights[index]
+            if into:
+                weights = cell.prepare(weights)
             initial = [
                 torch.stack([h[index], torch.zeros_like(h[index]) if h_t is None else h_t[index]])
                 for h, h_t in call.initial
             ]
             products = _input_products(layer_input, weights.w_ih_t, cell.input_bias(weights), runs)
-            out, states = _run_direction(
-                cell, products, call.batch_sizes, initial, weights, reverse=direction == 1
-            )
+            reverse = direction == 1
+            if layer_output is None:
+                out, states = _run_direction(
+                    cell, products, call.batch_sizes, initial, weights, reverse
+                )
+            else:
+                columns = layer_output[:, direction * size : (direction + 1) * size]
+                out, states = cell.direction_into(
+                    products, call.batch_sizes, initial, weights, reverse, columns
+                )
             outputs.append(out)
             for per_state, state in zip(finals, states, strict=True):
                 per_state.append(state)
-        layer_input = torch.cat(outputs, 1) if len(outputs) > 1 else outputs[0]
+        if layer_output is not None:
+            layer_input = layer_output
+        else:
+            layer_input = torch.cat(outputs, 1) if len(outputs) > 1 else outputs[0]
     out, out_t = _deinterleaved(layer_input, runs)
     stacked_finals = [
         (torch.stack([s[0] for s in per]), torch.stack([s[1] for s in per])) for per in finals

@@ -22,6 +22,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import jvpcli
 from jvpcli import _recurrent_rules
+from jvpcli.engine import _onednn_disabled
 
 METHODS = ("auto", "forward", "double-backward")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -325,6 +326,64 @@ def test_float32_workload_of_realistic_size_matches_pytorch() -> None:
     torch.testing.assert_close(
         actual, torch_jvp(layer_only(layer), x, v), **TOLERANCES[torch.float32]
     )
+
+
+@pytest.mark.parametrize(
+    ("build", "onednn"),
+    [
+        pytest.param(
+            lambda: (layer_only(nn.LSTM(24, 256, num_layers=2, bidirectional=True)), 3 * 7),
+            True,
+            id="two-layer-bidirectional",
+        ),
+        pytest.param(
+            lambda: (
+                packed(nn.LSTM(24, 256), torch.tensor([7, 3, 6]), sorted_=False, state=False),
+                3,
+            ),
+            True,
+            id="packed-unsorted",
+        ),
+        pytest.param(
+            lambda: (layer_only(nn.LSTM(24, 256, proj_size=128, batch_first=True)), 7),
+            True,
+            id="projection",
+        ),
+        pytest.param(lambda: (layer_only(nn.LSTM(24, 64)), 3 * 7), False, id="small-weights"),
+    ],
+)
+def test_grad_free_lstm_path_matches_pytorch_with_onednn_matmuls_where_weights_are_large(
+    build, onednn: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without create_graph or strict, the LSTM takes its lean path (gates i, f, o, g with g
+    # doubled, buffers written in place, oneDNN's matmul for weights of 2^17 values or more). The
+    # small tests above have tiny weights: these are large enough for oneDNN.
+    torch.manual_seed(0)
+    func, _ = build()
+    x = torch.randn(7, 3, 24)
+    v = torch.randn_like(x)
+    calls = []
+    linear = _recurrent_rules._ONEDNN_LINEAR
+
+    def counting(*args: object) -> Tensor:
+        calls.append(args)
+        return linear(*args)
+
+    monkeypatch.setattr(_recurrent_rules, "_ONEDNN_LINEAR", counting)
+
+    result = jvpcli.jvp_with_info(func, x, v)
+
+    torch.testing.assert_close(
+        (result.func_output, result.jvp), torch_jvp(func, x, v), **TOLERANCES[torch.float32]
+    )
+    assert result.info.method_used == "forward"
+    assert bool(calls) is onednn
+    if onednn:
+        with _onednn_disabled():  # then torch.mm, and the same numbers
+            calls.clear()
+            unfused = jvpcli.jvp(func, x, v)
+        assert not calls
+        torch.testing.assert_close(unfused, (result.func_output, result.jvp))
 
 
 def lstm_arguments(layer: nn.LSTM, x: Tensor) -> tuple:
