@@ -135,14 +135,14 @@ _ONEDNN_MIN_WEIGHT = 1 << 17
 LSTM of hidden size 128 or less), ``mm`` is faster whatever the rows."""
 
 
-def _product(x: Tensor, weight_t: Tensor, weight: Tensor | None = None) -> Tensor:
-    """``x @ weight_t``, through oneDNN's matmul for a large float32 weight on CPU, as the fused
-    forward runs.
+def _matmul_for(x: Tensor, weight_t: Tensor) -> Callable[[Tensor], Tensor]:
+    """``lambda y: y @ weight_t`` for ``y`` like ``x``: oneDNN's matmul for a large float32
+    weight on CPU, as PyTorch's fused LSTM forward runs, else ``torch.mm``.
 
     On this project's machine oneDNN's float32 matmul runs 10-30% faster than MKL's, which
-    ``torch.mm`` calls; PyTorch's fused LSTM forward is oneDNN's too, so with ``mm`` the jvp would
-    pay that difference on every matmul of the layer. Grad mode off only (the op has no autograd
-    formula); float64 and other devices take ``mm``. ``weight`` (``weight_t.t()``) saves a view.
+    ``torch.mm`` calls; as the fused forward is oneDNN's, with ``mm`` the jvp would pay that
+    difference on every matmul of the layer. Grad mode off only (the op has no autograd formula);
+    float64 and other devices take ``mm``.
     """
     if (
         _ONEDNN_LINEAR is not None
@@ -151,12 +151,18 @@ def _product(x: Tensor, weight_t: Tensor, weight: Tensor | None = None) -> Tenso
         and x.device.type == "cpu"
         and torch._C._get_mkldnn_enabled()
     ):
-        return _ONEDNN_LINEAR(x, weight_t.t() if weight is None else weight, None, "none", [], "")
-    return x.mm(weight_t)
+        weight = weight_t.t()
+        return lambda y: _ONEDNN_LINEAR(y, weight, None, "none", [], "")
+    return lambda y: y.mm(weight_t)
+
+
+def _product(x: Tensor, weight_t: Tensor) -> Tensor:
+    """``x @ weight_t`` (:func:`_matmul_for`)."""
+    return _matmul_for(x, weight_t)(x)
 
 
 _SIGMOID_BACKWARD = torch.ops.aten.sigmoid_backward.grad_input  # grad * s (1 - s), into grad_input
-_TANH_SLOPE = torch.ops.aten.tanh_backward.default
+_SIGMOID_SLOPE = torch.ops.aten.sigmoid_backward.default
 
 
 def _gates_ifog(weights: _Weights) -> _Weights:
@@ -186,6 +192,49 @@ def _gates_ifog(weights: _Weights) -> _Weights:
     )
 
 
+@dataclass(frozen=True)
+class _StepViews:
+    """The views one step of :func:`_lstm_direction_into` works on, for ``n`` active rows: each
+    gate stacked (``(2, n, size)``: value, tangent) and its rows, and the cell buffers."""
+
+    gates: Tensor  # (2, n, 4 size): the pre-activations, then the gates, in place
+    flat: Tensor | None  # gates as (2n, 4 size), where that is a view (all rows active)
+    value: Tensor
+    tangent: Tensor
+    i: Tensor
+    i0: Tensor
+    f0: Tensor
+    f1: Tensor
+    g0: Tensor
+    g1: Tensor
+    o: Tensor
+    o0: Tensor
+    cells: tuple[tuple[Tensor, Tensor, Tensor], ...]  # per buffer: (2, n, size), value, tangent
+    sigmoid_c: Tensor
+
+    @staticmethod
+    def of(gates: Tensor, cells: tuple[Tensor, Tensor], sigmoid_c: Tensor, n: int) -> _StepViews:
+        block = gates[:, :n]
+        value, tangent = block.unbind(0)
+        i, f, o, g = block.split(block.size(-1) // 4, -1)
+        return _StepViews(
+            block,
+            gates.view(-1, gates.size(-1)) if n == gates.size(1) else None,
+            value,
+            tangent,
+            i,
+            i[0],
+            f[0],
+            f[1],
+            g[0],
+            g[1],
+            o,
+            o[0],
+            tuple((c[:, :n], *c[:, :n].unbind(0)) for c in cells),
+            sigmoid_c[:n],
+        )
+
+
 def _lstm_direction_into(
     products: Tensor,
     batch_sizes: list[int],
@@ -194,95 +243,89 @@ def _lstm_direction_into(
     reverse: bool,
     out: Tensor,
 ) -> tuple[Tensor, list[Tensor]]:
-    """:func:`_run_direction` of :func:`_lstm_step`, grad mode off, gates ``i, f, o, g``
-    (:func:`_gates_ifog`), the outputs written into ``out``.
+    """:func:`_run_direction` of :func:`_lstm_step`, grad mode off, the weights of
+    :func:`_gates_ifog`, the outputs written into ``out``.
 
-    Every step's Python-level op costs a few microseconds whatever its size, as much as the
-    arithmetic of a step of a small batch: the gates, cell states and ``tanh c`` live in buffers
-    allocated once, with their views (the four gates, value and tangent rows) made once per number
-    of active rows, and each step writes into them.
+    Every Python-level op costs a microsecond or more whatever its size, and a step of a small
+    batch is a few dozen of them: the gates, the cell states and ``sigmoid 2c`` live in buffers
+    allocated once, with their views made once per number of active rows.
+
+    The cell state is kept doubled (``[2c; 2c_t]``), so that ``tanh c = 2 sigmoid(2c) - 1`` takes
+    one sigmoid of the state as it is; ``g``'s slots hold ``sigmoid 2p`` and ``g_t / 2``, and the
+    products with them carry the factors that make ``2g`` and ``2 g_t``.
     """
     hidden0, cell0 = initial
     size = cell0.size(-1)
     rows = max(batch_sizes)
     gates = products.new_empty(2, rows, 4 * size)
-    cells = [products.new_empty(2, rows, size), products.new_empty(2, rows, size)]
-    squashed = products.new_empty(rows, size)
-    w_hh = weights.w_hh_t.t()
-    views: dict[int, tuple[Tensor, ...]] = {}
-
-    def views_of(n: int) -> tuple[Tensor, ...]:
-        if n not in views:
-            block = gates[:, :n]
-            value, tangent = block.unbind(0)
-            i, f, o, g = block.split(size, -1)
-            views[n] = (
-                block,
-                value,
-                tangent,
-                g,
-                i,
-                i[0],
-                f[0],
-                f[1],
-                g[0],
-                g[1],
-                o,
-                o[0],
-                squashed[:n],
-            )
-        return views[n]
+    cells = (products.new_empty(2, rows, size), products.new_empty(2, rows, size))
+    views: dict[int, _StepViews] = {}
+    sigmoid_c = products.new_empty(rows, size)
+    recurrent = _matmul_for(products, weights.w_hh_t)
+    steps = len(batch_sizes)
+    padded = batch_sizes.count(rows) == steps
+    if padded:  # every step's blocks, in one op each
+        blocks = products.view(steps, 2 * rows, -1).unbind(0)
+        targets = out.view(steps, 2, rows, -1).unbind(0)
 
     offsets = [0]
     for n in batch_sizes[:-1]:
         offsets.append(offsets[-1] + n)
     order = range(len(batch_sizes) - 1, -1, -1) if reverse else range(len(batch_sizes))
     active = 0 if reverse else batch_sizes[0]
-    cells[0][:, :active] = cell0[:, :active]
-    hidden = hidden0[:, :active]
+    torch.mul(cell0[:, :active], 2, out=cells[0][:, :active])
+    hidden = _rows(hidden0[:, :active])
     finished: list[list[Tensor]] = [[], []]
     for step, t in enumerate(order):
         n, offset = batch_sizes[t], offsets[t]
-        cell, new_cell = cells[step % 2][:, :active], cells[(step + 1) % 2][:, :n]
-        if n < active:  # rows stop: their states are final (nothing writes them again)
-            finished[0].append(hidden[:, n:active])
-            finished[1].append(cell[:, n:active])
-            hidden, cell = hidden[:, :n], cell[:, :n]
-        elif n > active:  # rows start, from the initial states
-            hidden = torch.cat([hidden, hidden0[:, active:n]], 1)
-            cells[step % 2][:, active:n] = cell0[:, active:n]
-            cell = cells[step % 2][:, :n]
-        active = n
-        (block, value, tangent, g, i, i0, f0, f1, g0, g1, o, o0, tanh_c) = views_of(n)
-        product = _product(_rows(hidden), weights.w_hh_t, w_hh)
-        torch.add(
-            product.view(block.shape),
-            products[2 * offset : 2 * (offset + n)].view(block.shape),
-            out=block,
-        )
-        value.sigmoid_()  # i, f, o, and (g + 1) / 2
-        _SIGMOID_BACKWARD(tangent, value, grad_input=tangent)  # i_t, f_t, o_t, g_t / 2
-        g.mul_(2)
-        g0.sub_(1)
-        torch.mul(cell, f0, out=new_cell)  # [f c; f c_t]
-        new_cell.addcmul_(i, g0)  # + [i g; i_t g]
-        new_value, new_tangent = new_cell.unbind(0)
-        new_tangent.addcmul_(f1, cell[0]).addcmul_(i0, g1)
-        torch.tanh(new_value, out=tanh_c)
-        target = out[2 * offset : 2 * (offset + n)].view(2, n, -1)
-        if weights.w_hr_t is None:
-            torch.mul(o, tanh_c, out=target)  # [o tanh c'; o_t tanh c']
-            target[1].addcmul_(o0, _TANH_SLOPE(new_tangent, tanh_c))
+        if n != active:
+            previous = cells[step % 2]
+            stacked = hidden.view(2, active, hidden0.size(-1))
+            if n < active:  # rows stop: their states are final (nothing writes them again)
+                finished[0].append(stacked[:, n:active])
+                finished[1].append(previous[:, n:active])
+                hidden = _rows(stacked[:, :n])
+            else:  # rows start, from the initial states
+                hidden = _rows(torch.cat([stacked, hidden0[:, active:n]], 1))
+                torch.mul(cell0[:, active:n], 2, out=previous[:, active:n])
+            active = n
+        views_n = views.get(n)
+        if views_n is None:
+            views_n = views[n] = _StepViews.of(gates, cells, sigmoid_c, n)
+        cell, cell_value, _ = views_n.cells[step % 2]
+        new_cell, new_value, new_tangent = views_n.cells[(step + 1) % 2]
+        if padded:
+            torch.add(recurrent(hidden), blocks[t], out=views_n.flat)
         else:
-            unprojected = torch.mul(o, tanh_c)
-            unprojected[1].addcmul_(o0, _TANH_SLOPE(new_tangent, tanh_c))
+            shape = views_n.gates.shape
+            block = products[2 * offset : 2 * (offset + n)]
+            torch.add(recurrent(hidden).view(shape), block.view(shape), out=views_n.gates)
+        value = views_n.value
+        value.sigmoid_()  # i, f, o, and g's sigmoid 2p = (g + 1) / 2
+        _SIGMOID_BACKWARD(views_n.tangent, value, grad_input=views_n.tangent)  # and g_t / 2
+        torch.mul(cell, views_n.f0, out=new_cell)  # [2 f c; 2 f c_t]
+        new_cell.addcmul_(views_n.i, views_n.g0, value=4).add_(views_n.i, alpha=-2)  # + 2 i g
+        new_tangent.addcmul_(views_n.f1, cell_value).addcmul_(views_n.i0, views_n.g1, value=4)
+        squashed = torch.sigmoid(new_value, out=views_n.sigmoid_c)  # sigmoid 2c'
+        slope = _SIGMOID_SLOPE(new_tangent, squashed)  # (1 - tanh² c') c'_t / 2
+        squashed.mul_(2).sub_(1)  # tanh c'
+        target = targets[t] if padded else out[2 * offset : 2 * (offset + n)].view(2, n, -1)
+        if weights.w_hr_t is None:
+            torch.mul(views_n.o, squashed, out=target)  # [o tanh c'; o_t tanh c']
+            target[1].addcmul_(views_n.o0, slope, value=2)
+        else:
+            unprojected = torch.mul(views_n.o, squashed)
+            unprojected[1].addcmul_(views_n.o0, slope, value=2)
             target.copy_(_product(_rows(unprojected), weights.w_hr_t).view(target.shape))
-        hidden = target
+        hidden = _rows(target)
     final_cell = cells[len(batch_sizes) % 2][:, :active]
     finals = [
         torch.cat([state, *reversed(pieces)], 1) if pieces else state
-        for state, pieces in zip((hidden, final_cell), finished, strict=True)
+        for state, pieces in zip(
+            (hidden.view(2, active, hidden0.size(-1)), final_cell), finished, strict=True
+        )
     ]
+    finals[1] = finals[1] * 0.5  # the cell state, no longer doubled
     return out, finals
 
 
