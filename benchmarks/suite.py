@@ -7,15 +7,18 @@
 
 Time: for each workload the contenders (the plain forward pass, jvpcli's "auto" and "forward",
 jvpcli with compile=True where jvpcli.jvp takes it, torch.autograd.functional.jvp,
-torch.func.jvp and torch.compile of torch.func.jvp) run interleaved in one process: one call
-each per round, the order rotated from round to round, after warm-up rounds. Each cell is the
+torch.func.jvp and torch.compile of torch.func.jvp) run interleaved in one process, a fresh one
+for each workload (a tracer that fails half-way can leave PyTorch's state behind, such as a
+forward-AD level still open, which would fail or slow every later workload): one call each per
+round, the order rotated from round to round, after warm-up rounds. Each cell is the
 contender's time as a multiple of the forward pass, round by round (so that a slow spell of the
 machine, which hits both, cancels out), given as the median and the range (fastest-slowest
 round). The number of rounds adapts to the noise: at least --rounds, then more until every
 cell's median is known to within --precision (a box plot's notch: an approximate 95% interval,
 1.57 x IQR / sqrt(rounds)) or --budget seconds of rounds are spent. A compiled contender's
 first call (compiling it) is reported apart, as its compile time, and timed no further than
-any other warm-up call.
+any other warm-up call; each process first compiles a trivial function, so that no workload's
+compile time carries inductor's start-up.
 
 Memory: each (workload, contender) pair runs in a fresh process, with glibc's allocator pinned
 (MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ at 128 KiB). Unpinned, glibc raises its mmap
@@ -47,7 +50,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -413,6 +416,40 @@ def time_workload(workload: Workload, settings: Settings) -> dict[str, Timing]:
     )
 
 
+def timed_in_a_fresh_process(name: str, settings: Settings) -> tuple[dict, float | None]:
+    """:func:`time_workload` of ``WORKLOADS[name]`` in a process of its own: its
+    :func:`workload_entry` and the seconds of inductor's start-up there (None: nothing compiled).
+
+    Each workload times in a fresh process, so that none can change another's numbers: a tracer
+    that fails half-way (``torch.compile`` of ``torch.func.jvp`` on an op without a forward
+    rule) can leave PyTorch's state behind, such as a forward-AD level still open, after which
+    every forward-mode contender of every later workload in the process fails or falls back.
+
+    Raises:
+        SystemExit: the worker itself failed (not a contender: their errors are in the entry).
+    """
+    worker = subprocess.run(
+        [sys.executable, __file__, "--time-workload", name, json.dumps(asdict(settings))],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if worker.returncode != 0:
+        sys.stderr.write(worker.stderr)
+        raise SystemExit(f"timing {name!r} failed (exit code {worker.returncode}): see above")
+    result = json.loads(worker.stdout.strip().splitlines()[-1])
+    return result["entry"], result["inductor_startup_seconds"]
+
+
+def _time_workload_here(name: str, settings_json: str) -> None:
+    """The worker of :func:`timed_in_a_fresh_process`: one JSON line on stdout."""
+    settings = Settings(**json.loads(settings_json))
+    inductor_startup = _start_inductor() if settings.compile else None
+    timings = time_workload(WORKLOADS[name], settings)
+    entry = workload_entry(WORKLOADS[name], timings)
+    print(json.dumps({"entry": entry, "inductor_startup_seconds": inductor_startup}))
+
+
 def peak_memory(workload_name: str, contender: str) -> dict:
     """Extra peak resident memory (MiB) of one call, measured in a fresh process with the
     allocator pinned: ``{"min", "median", "max"}`` over three calls, or ``{"error": ...}``."""
@@ -619,10 +656,11 @@ def _markdown(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def header(settings: Settings, inductor_startup: float | None) -> dict:
+def header(settings: Settings, inductor_startup: float | None = None) -> dict:
     """What the numbers depend on: the command, machine, versions, threads and allocator."""
     allocator = {key: os.environ.get(key) for key in ALLOCATOR_KEYS}
     compiled_path = _takes_compile(jvpcli.jvp)
+    measured = {} if inductor_startup is None else {"inductor_startup_seconds": inductor_startup}
     return {
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "machine": f"{platform.machine()}, {_cpu_model()}, {os.cpu_count()} CPUs, "
@@ -642,7 +680,8 @@ def header(settings: Settings, inductor_startup: float | None) -> dict:
         if not settings.compile
         else f"{FUNC_COMPILED}; {JVPCLI_COMPILED}: "
         + ("yes" if compiled_path else "not in this jvpcli (jvpcli.jvp takes no compile)"),
-        "inductor_startup_seconds": inductor_startup,
+        "isolation": "each workload times in a fresh process",
+        **measured,
         "baseline": FORWARD,
     }
 
@@ -701,6 +740,7 @@ def _arguments() -> argparse.Namespace:
         "--markdown", action="store_true", help="print the tables as Markdown (the README's)"
     )
     parser.add_argument("--memory-probe", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--time-workload", nargs=2, help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
@@ -709,6 +749,9 @@ def main() -> None:
     if args.memory_probe:
         _memory_probe(*args.memory_probe)
         return
+    if args.time_workload:
+        _time_workload_here(*args.time_workload)
+        return
     if args.quick:
         settings = Settings(2, 1, 0.0, args.precision, bool(args.compile))
     else:
@@ -716,16 +759,24 @@ def main() -> None:
         settings = Settings(args.rounds, args.warmup, args.budget, args.precision, compiled)
 
     console = Console(width=max(Console().width, 240))  # tables stay whole in logs and pipes
-    inductor_startup = _start_inductor() if settings.compile else None
-    report: dict = {"header": header(settings, inductor_startup), "workloads": {}}
+    report: dict = {"header": header(settings), "workloads": {}}
     for key, value in report["header"].items():
         console.print(f"{key}: {value}", soft_wrap=True, highlight=False, markup=False)
     names = args.only or list(WORKLOADS)
+    startups = []
     for name in names:
         start = time.perf_counter()
-        timings = time_workload(WORKLOADS[name], settings)
-        report["workloads"][name] = workload_entry(WORKLOADS[name], timings)
+        report["workloads"][name], startup = timed_in_a_fresh_process(name, settings)
+        if startup is not None:
+            startups.append(startup)
         console.print(f"  timed {name} in {time.perf_counter() - start:.0f} s", highlight=False)
+    if startups:
+        report["header"]["inductor_startup_seconds"] = _summary(tuple(startups))
+        console.print(
+            "inductor start-up (a trivial compile first in each process, so that no workload's "
+            f"compile time carries it): {_range(_summary(tuple(startups)), 1, ' s')}",
+            highlight=False,
+        )
     if args.memory:
         probes = [(name, contender) for name in names for contender in PROBED]
         # Each probe is its own process measuring its own resident set: two at a time do not

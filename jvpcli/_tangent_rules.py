@@ -15,12 +15,17 @@ math backend, pays both.
 - ``linear`` with a dual weight or bias (tangents on parameters) accumulates its tangent terms
   inside the matrix products rather than adding them afterwards;
 - ``scaled_dot_product_attention`` computes its probabilities once and the tangent from them;
-  ``layer_norm`` computes its statistics so that its tangent stays differentiable.
+  ``layer_norm`` computes its statistics so that its tangent stays differentiable;
+- the recurrent layers (``torch.lstm``, ``torch.gru``, ``torch.rnn_tanh`` / ``rnn_relu``, padded
+  and packed) push primal and tangent through one matmul a step, and ``_pack_padded_sequence``,
+  which has no forward-mode rule in PyTorch, gathers the tangent like the values
+  (:mod:`jvpcli._recurrent_rules`).
 
 Every other case (both operands of a product dual, a dual weight of a convolution, an unusual
 argument) goes to PyTorch's own rule unchanged. The rules are exact — the same terms PyTorch
 computes, minus the zeros — and differentiable, so ``create_graph`` and strict mode see through
-them.
+them (the LSTM's faster route without a reverse graph to record writes into buffers, and runs
+only with grad mode off).
 """
 
 from __future__ import annotations

@@ -337,7 +337,7 @@ def test_forward_method_does_not_fall_back():
 
 
 @pytest.mark.parametrize("method", ["auto", "forward"])
-def test_lstm_runs_in_forward_mode_with_onednn_switched_off_for_the_call(method):
+def test_lstm_runs_in_forward_mode_and_leaves_onednn_as_it_was(method):
     torch.manual_seed(0)
     lstm = torch.nn.LSTM(4, 6, batch_first=True).eval()
     x, v = torch.randn(2, 5, 4), torch.randn(2, 5, 4)

@@ -101,6 +101,33 @@ def test_the_memory_probe_runs_in_a_fresh_process_with_the_allocator_pinned(suit
     )
 
 
+def test_each_workload_times_in_a_fresh_process_untouched_by_state_left_behind(suite):
+    # A forward-AD level left open (as a tracer failing half-way leaves one) fails every later
+    # forward-mode call in the process with "Nested forward mode AD is not supported"; the
+    # workload's own process does not see it.
+    settings = suite.Settings(rounds=2, warmup=1, budget=0.0, precision=0.03, compile=False)
+    leaked = torch.autograd.forward_ad.enter_dual_level()
+    try:
+        with pytest.raises(RuntimeError, match="Nested forward mode AD"):
+            torch.func.jvp(torch.sin, (torch.rand(3),), (torch.rand(3),))
+        entry, inductor_startup = suite.timed_in_a_fresh_process("many tiny ops", settings)
+    finally:
+        torch.autograd.forward_ad.exit_dual_level(level=leaked)
+
+    assert inductor_startup is None  # nothing compiled
+    assert entry["rounds"] == 2
+    assert set(entry["contenders"]) == {
+        "forward pass",
+        "jvpcli auto",
+        "jvpcli forward",
+        "torch.autograd.functional.jvp",
+        "torch.func.jvp",
+    }
+    for name, cell in entry["contenders"].items():
+        assert cell["error"] is None, (name, cell["error"])
+        assert cell["ratio"]["min"] > 0
+
+
 def test_compare_flags_the_cells_that_moved_beyond_the_tolerance(suite, tmp_path):
     a = tiny_report(suite)
     a["workloads"]["tiny sin"]["extra_peak_mib"] = {
