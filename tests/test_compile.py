@@ -143,6 +143,65 @@ def test_compiled_jvp_equals_pytorchs_and_finite_differences(name, dtype) -> Non
         torch.testing.assert_close(result.jvp, differences, rtol=1e-6, atol=1e-6)
 
 
+def transformer_layer(dtype: torch.dtype):
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+    return layer.to(dtype).eval().requires_grad_(False)
+
+
+def attention_with_padding(dtype: torch.dtype):
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(8, 2, batch_first=True).to(dtype).eval()
+    mha.requires_grad_(False)
+    padding = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    return lambda x: mha(x, x, x, key_padding_mask=padding, need_weights=False)[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize(
+    "make", [transformer_layer, attention_with_padding], ids=["encoder layer", "padded attention"]
+)
+def test_compiled_attention_traces_jvpclis_rules_and_equals_pytorchs(make, dtype) -> None:
+    # F.multi_head_attention_forward is a Python function that the mode opens: compiled, it once
+    # ran with PyTorch's own rules inside (a zero-tangent matmul a projection, attention
+    # decomposed op by op), 2.3x slower than eager jvpcli. With a key padding mask, dynamo cannot
+    # trace the opened copy's mask check (a torch._check message closure over values the mode
+    # returned), and the product is computed eagerly, with the reason.
+    func = make(dtype)
+    x = torch.randn(2, 5, 8, dtype=dtype)
+    v = torch.randn_like(x)
+    graphs = []
+
+    def recording(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    result = jvpcli.jvp_with_info(func, x, v, compile=recording)
+
+    if make is attention_with_padding:
+        assert result.info.method_used == "forward", str(result.info)
+        (fallback,) = result.info.fallbacks
+        assert "torch._check" in fallback.reason, fallback.reason
+    else:
+        assert result.info.method_used == "forward (compiled)", str(result.info)
+        (graph,) = graphs
+        targets = {str(node.target) for node in graph.graph.nodes}
+        assert any("_softmax_backward_data" in target for target in targets), targets  # the rule
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(
+        False
+    )  # the oracle needs attention it can differentiate
+    try:
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+            expected = torch_jvp(func, x, v)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    torch.testing.assert_close((result.func_output, result.jvp), expected)
+    if dtype == torch.float64:
+        differences = central_differences(func, (x,), (v,))
+        torch.testing.assert_close(result.jvp, differences, rtol=1e-6, atol=1e-6)
+
+
 def test_compiled_batched_tangents_equal_pytorchs_one_by_one() -> None:
     func, (x,), _ = case("MLP", torch.float32)
     directions = torch.randn(5, *x.shape)
