@@ -16,10 +16,11 @@ pass as large as the forward itself.
 Without a reverse graph to record (no ``create_graph``, no strict mode: grad mode is off), the
 LSTM takes a leaner route to the same arithmetic (:func:`_lstm_direction_into`): the weights' gate
 rows reordered to ``i, f, o, g`` once per call, with ``g``'s doubled so that one sigmoid covers all
-four gates (``tanh p = 2 sigmoid 2p - 1``); each slope one kernel (``sigmoid_backward``); the
-gates, cell states and ``tanh c`` in buffers allocated once and their views made once; the hidden
-state written straight into the layer's output, which the next step reads as its ``[h; h_t]``; and
-oneDNN's matmul, which PyTorch's fused forward uses too, for large float32 weights.
+four gates (``tanh p = 2 sigmoid 2p - 1``), and the cell state kept doubled so that ``tanh c`` is a
+sigmoid too; each slope one kernel (``sigmoid_backward``); the gates, cell states and
+``sigmoid 2c`` in buffers allocated once and their views made once; the hidden state written
+straight into the layer's output, which the next step reads as its ``[h; h_t]``; and oneDNN's
+matmul, which PyTorch's fused forward uses too, for large float32 weights.
 
 The rules cover constant weights (tangents on the input and the initial states); a dual weight,
 dropout between layers in training mode, a dtype other than float32 / float64, and calls inside a

@@ -404,8 +404,26 @@ def _always_false(*_: object) -> bool:
 
 _DISPATCH_CHECKS = ("has_torch_function", "has_torch_function_unary", "has_torch_function_variadic")
 _OPENED: dict[Callable[..., Any], Callable[..., Any] | None] = {}
-_OPENED_NAMESPACES: dict[int, dict[str, Any]] = {}
-"""The globals of opened functions, one copy per module (by ``id`` of its globals)."""
+
+
+def _checks_for_torch_function(func: object) -> bool:
+    return isinstance(func, types.FunctionType) and any(
+        name in func.__code__.co_names for name in _DISPATCH_CHECKS
+    )
+
+
+def _rebuilt(func: types.FunctionType, namespace: dict[str, Any]) -> Callable[..., Any]:
+    """``func`` with ``namespace`` for its globals."""
+    rebuilt = types.FunctionType(
+        func.__code__, namespace, func.__name__, func.__defaults__, func.__closure__
+    )
+    rebuilt.__kwdefaults__ = func.__kwdefaults__
+    return rebuilt
+
+
+def _opened_namespace(module_globals: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a module's globals that says "no torch function here"."""
+    return {**module_globals, **dict.fromkeys(_DISPATCH_CHECKS, _always_false)}
 
 
 def _opened(func: Callable[..., Any]) -> Callable[..., Any] | None:
@@ -420,18 +438,8 @@ def _opened(func: Callable[..., Any]) -> Callable[..., Any] | None:
     if func in _OPENED:
         return _OPENED[func]
     opened = None
-    if isinstance(func, types.FunctionType) and any(
-        name in func.__code__.co_names for name in _DISPATCH_CHECKS
-    ):
-        namespace = _OPENED_NAMESPACES.get(id(func.__globals__))
-        if namespace is None:
-            namespace = dict(func.__globals__)
-            namespace.update(dict.fromkeys(_DISPATCH_CHECKS, _always_false))
-            _OPENED_NAMESPACES[id(func.__globals__)] = namespace
-        opened = types.FunctionType(
-            func.__code__, namespace, func.__name__, func.__defaults__, func.__closure__
-        )
-        opened.__kwdefaults__ = func.__kwdefaults__
+    if _checks_for_torch_function(func):
+        opened = _rebuilt(func, _opened_namespace(func.__globals__))
     _OPENED[func] = opened
     return opened
 
@@ -456,23 +464,26 @@ _NUMBER_OVERLOAD_NAMES = {
 }
 
 
-def _openable_functions() -> list[Callable[..., Any]]:
-    """The Python-level torch functions that check for ``__torch_function__`` themselves: most of
-    ``torch.nn.functional`` and ``torch.functional``. (Not ``Tensor``'s Python methods: their
-    ``super()`` calls are beyond dynamo in a copy of the function.)"""
+def _traced_openings() -> dict[Callable[..., Any], Callable[..., Any]]:
+    """The Python-level functions of ``torch.nn.functional`` and ``torch.functional`` that check
+    for ``__torch_function__`` themselves, each with its opened copy (see :func:`_opened`; one
+    namespace per module, which is fixed). Not ``Tensor``'s Python methods: their ``super()``
+    calls are beyond dynamo in a copy of the function."""
     import torch.functional
 
-    found = []
-    for namespace in (vars(F), vars(torch.functional)):
-        for value in namespace.values():
-            if isinstance(value, types.FunctionType) and _opened(value) is not None:
-                found.append(value)
-    return found
+    openings = {}
+    for module in (F, torch.functional):
+        module_globals = vars(module)
+        namespace = _opened_namespace(module_globals)
+        for value in module_globals.values():
+            if _checks_for_torch_function(value) and value.__globals__ is module_globals:
+                openings[value] = _rebuilt(value, namespace)
+    return openings
 
 
-_TRACED_OPENABLE = tuple(dict.fromkeys(_openable_functions()))
-_TRACED_OPENED = tuple(_opened(func) for func in _TRACED_OPENABLE)
-_TRACED_OPENED_INDEX = {func: index for index, func in enumerate(_TRACED_OPENABLE)}
+_TRACED_OPENINGS = _traced_openings()
+_TRACED_OPENED = tuple(_TRACED_OPENINGS.values())
+_TRACED_OPENED_INDEX = {func: index for index, func in enumerate(_TRACED_OPENINGS)}
 
 
 def traced_lookup(func: Callable[..., Any]) -> tuple[str | None, int | None, int | None]:
@@ -484,7 +495,7 @@ def traced_lookup(func: Callable[..., Any]) -> tuple[str | None, int | None, int
     (``torch._dynamo.assume_constant_result``) and guard on no table: guarded key by key, the
     hundred rules would cost each call more than a small function's whole graph. The traced mode
     calls OpOverloads (dynamo cannot trace their C++ entry points), and opens only the functions
-    of ``_TRACED_OPENABLE``, a table fixed at import: without it, the ops inside
+    of ``_TRACED_OPENINGS``, a table fixed at import: without it, the ops inside
     ``F.multi_head_attention_forward`` would run with PyTorch's own rules (the zero-tangent
     matmul of every projection, attention decomposed op by op), 2.3x slower than eager jvpcli.
     """
