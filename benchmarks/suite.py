@@ -656,11 +656,10 @@ def _markdown(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def header(settings: Settings, inductor_startup: float | None = None) -> dict:
+def header(settings: Settings) -> dict:
     """What the numbers depend on: the command, machine, versions, threads and allocator."""
     allocator = {key: os.environ.get(key) for key in ALLOCATOR_KEYS}
     compiled_path = _takes_compile(jvpcli.jvp)
-    measured = {} if inductor_startup is None else {"inductor_startup_seconds": inductor_startup}
     return {
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "machine": f"{platform.machine()}, {_cpu_model()}, {os.cpu_count()} CPUs, "
@@ -681,7 +680,6 @@ def header(settings: Settings, inductor_startup: float | None = None) -> dict:
         else f"{FUNC_COMPILED}; {JVPCLI_COMPILED}: "
         + ("yes" if compiled_path else "not in this jvpcli (jvpcli.jvp takes no compile)"),
         "isolation": "each workload times in a fresh process",
-        **measured,
         "baseline": FORWARD,
     }
 
@@ -771,10 +769,11 @@ def main() -> None:
             startups.append(startup)
         console.print(f"  timed {name} in {time.perf_counter() - start:.0f} s", highlight=False)
     if startups:
-        report["header"]["inductor_startup_seconds"] = _summary(tuple(startups))
+        startup = _summary(tuple(startups))
+        report["header"]["inductor_startup_seconds"] = startup
         console.print(
             "inductor start-up (a trivial compile first in each process, so that no workload's "
-            f"compile time carries it): {_range(_summary(tuple(startups)), 1, ' s')}",
+            f"compile time carries it): {_range(startup, 1, ' s')}",
             highlight=False,
         )
     if args.memory:

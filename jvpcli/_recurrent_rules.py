@@ -263,6 +263,7 @@ def _lstm_direction_into(
     views: dict[int, _StepViews] = {}
     sigmoid_c = products.new_empty(rows, size)
     recurrent = _matmul_for(products, weights.w_hh_t)
+    project = None if weights.w_hr_t is None else _matmul_for(products, weights.w_hr_t)
     steps = len(batch_sizes)
     padded = batch_sizes.count(rows) == steps
     if padded:  # every step's blocks, in one op each
@@ -311,13 +312,13 @@ def _lstm_direction_into(
         slope = _SIGMOID_SLOPE(new_tangent, squashed)  # (1 - tanh² c') c'_t / 2
         squashed.mul_(2).sub_(1)  # tanh c'
         target = targets[t] if padded else out[2 * offset : 2 * (offset + n)].view(2, n, -1)
-        if weights.w_hr_t is None:
+        if project is None:
             torch.mul(views_n.o, squashed, out=target)  # [o tanh c'; o_t tanh c']
             target[1].addcmul_(views_n.o0, slope, value=2)
         else:
             unprojected = torch.mul(views_n.o, squashed)
             unprojected[1].addcmul_(views_n.o0, slope, value=2)
-            target.copy_(_product(_rows(unprojected), weights.w_hr_t).view(target.shape))
+            target.copy_(project(_rows(unprojected)).view(target.shape))
         hidden = _rows(target)
     final_cell = cells[len(batch_sizes) % 2][:, :active]
     finals = [

@@ -49,7 +49,7 @@ def tiny_report(suite) -> dict:
         suite.Workload("tiny failing", "sin, torch.func failing", with_failure),
     ]
     settings = suite.Settings(rounds=3, warmup=1, budget=0.0, precision=0.03, compile=False)
-    report = {"header": suite.header(settings, None), "workloads": {}}
+    report = {"header": suite.header(settings), "workloads": {}}
     for workload in workloads:
         timings = suite.time_workload(workload, settings)
         report["workloads"][workload.name] = suite.workload_entry(workload, timings)
@@ -97,7 +97,7 @@ def test_the_memory_probe_runs_in_a_fresh_process_with_the_allocator_pinned(suit
     assert "KeyError" in failed["error"]
     assert (
         "MALLOC_MMAP_THRESHOLD_=131072"
-        in suite.header(suite.Settings(2, 1, 0.0, 0.03, False), None)["allocator"]
+        in suite.header(suite.Settings(2, 1, 0.0, 0.03, False))["allocator"]
     )
 
 
