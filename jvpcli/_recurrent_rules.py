@@ -20,7 +20,8 @@ four gates (``tanh p = 2 sigmoid 2p - 1``), and the cell state kept doubled so t
 sigmoid too; each slope one kernel (``sigmoid_backward``); the gates, cell states and
 ``sigmoid 2c`` in buffers allocated once and their views made once; the hidden state written
 straight into the layer's output, which the next step reads as its ``[h; h_t]``; and oneDNN's
-matmul, which PyTorch's fused forward uses too, for large float32 weights.
+matmul, which PyTorch's fused forward uses too, for large float32 weights, the recurrent weight
+laid out once a call in oneDNN's blocked format.
 
 The rules cover constant weights (tangents on the input and the initial states); a dual weight,
 dropout between layers in training mode, a dtype other than float32 / float64, and calls inside a
@@ -123,37 +124,41 @@ def _lstm_step(
     return new_hidden, new_cell
 
 
-def _onednn_linear() -> Callable[..., Tensor] | None:
+def _onednn_linear() -> tuple[Callable[..., Tensor], Callable[..., Tensor]] | None:
     try:
-        return torch.ops.mkldnn._linear_pointwise.default
+        return torch.ops.mkldnn._linear_pointwise.default, torch.ops.mkldnn._reorder_linear_weight
     except (AttributeError, RuntimeError):  # a build without oneDNN
         return None
 
 
-_ONEDNN_LINEAR = _onednn_linear()
+_ONEDNN = _onednn_linear()
 _ONEDNN_MIN_WEIGHT = 1 << 17
 """oneDNN's matmul costs some 15 µs a call more than MKL's: for a weight smaller than this (an
 LSTM of hidden size 128 or less), ``mm`` is faster whatever the rows."""
 
 
-def _matmul_for(x: Tensor, weight_t: Tensor) -> Callable[[Tensor], Tensor]:
+def _matmul_for(x: Tensor, weight_t: Tensor, rows: int | None = None) -> Callable[[Tensor], Tensor]:
     """``lambda y: y @ weight_t`` for ``y`` like ``x``: oneDNN's matmul for a large float32
     weight on CPU, as PyTorch's fused LSTM forward runs, else ``torch.mm``.
 
     On this project's machine oneDNN's float32 matmul runs 10-30% faster than MKL's, which
     ``torch.mm`` calls; as the fused forward is oneDNN's, with ``mm`` the jvp would pay that
-    difference on every matmul of the layer. Grad mode off only (the op has no autograd formula);
-    float64 and other devices take ``mm``.
+    difference on every matmul of the layer. ``rows``: for a product made once per time step, the
+    most rows it will have; the weight is then laid out once in oneDNN's blocked format for that
+    many rows (as the fused forward's weights are), which a plain weight would be again on every
+    call (another 5-20% of each step's matmul). Grad mode off only (the op has no autograd
+    formula); float64 and other devices take ``mm``.
     """
     if (
-        _ONEDNN_LINEAR is not None
+        _ONEDNN is not None
         and weight_t.numel() >= _ONEDNN_MIN_WEIGHT
         and x.dtype == torch.float32
         and x.device.type == "cpu"
         and torch._C._get_mkldnn_enabled()
     ):
-        weight = weight_t.t()
-        return lambda y: _ONEDNN_LINEAR(y, weight, None, "none", [], "")
+        linear, reorder = _ONEDNN
+        weight = weight_t.t() if rows is None else reorder(weight_t.t(), rows)
+        return lambda y: linear(y, weight, None, "none", [], "")
     return lambda y: y.mm(weight_t)
 
 
@@ -162,6 +167,9 @@ def _product(x: Tensor, weight_t: Tensor) -> Tensor:
     return _matmul_for(x, weight_t)(x)
 
 
+_MINUS_ONE = torch.tensor(-1.0)
+"""``-1`` as a 0-dim tensor: ``torch.add(_MINUS_ONE, x, alpha=2, out=x)`` is one kernel, where
+``x.mul_(2).sub_(1)`` is two, each first copying its Python number into a tensor (3 µs a step)."""
 _SIGMOID_BACKWARD = torch.ops.aten.sigmoid_backward.grad_input  # grad * s (1 - s), into grad_input
 _SIGMOID_SLOPE = torch.ops.aten.sigmoid_backward.default
 
@@ -262,8 +270,8 @@ def _lstm_direction_into(
     cells = (products.new_empty(2, rows, size), products.new_empty(2, rows, size))
     views: dict[int, _StepViews] = {}
     sigmoid_c = products.new_empty(rows, size)
-    recurrent = _matmul_for(products, weights.w_hh_t)
-    project = None if weights.w_hr_t is None else _matmul_for(products, weights.w_hr_t)
+    recurrent = _matmul_for(products, weights.w_hh_t, 2 * rows)
+    project = None if weights.w_hr_t is None else _matmul_for(products, weights.w_hr_t, 2 * rows)
     steps = len(batch_sizes)
     padded = batch_sizes.count(rows) == steps
     if padded:  # every step's blocks, in one op each
@@ -310,7 +318,7 @@ def _lstm_direction_into(
         new_tangent.addcmul_(views_n.f1, cell_value).addcmul_(views_n.i0, views_n.g1, value=4)
         squashed = torch.sigmoid(new_value, out=views_n.sigmoid_c)  # sigmoid 2c'
         slope = _SIGMOID_SLOPE(new_tangent, squashed)  # (1 - tanh² c') c'_t / 2
-        squashed.mul_(2).sub_(1)  # tanh c'
+        torch.add(_MINUS_ONE, squashed, alpha=2, out=squashed)  # tanh c'
         target = targets[t] if padded else out[2 * offset : 2 * (offset + n)].view(2, n, -1)
         if project is None:
             torch.mul(views_n.o, squashed, out=target)  # [o tanh c'; o_t tanh c']

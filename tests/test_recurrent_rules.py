@@ -356,20 +356,21 @@ def test_grad_free_lstm_path_matches_pytorch_with_onednn_matmuls_where_weights_a
     build, onednn: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Without create_graph or strict, the LSTM takes its lean path (gates i, f, o, g with g
-    # doubled, buffers written in place, oneDNN's matmul for weights of 2^17 values or more). The
-    # small tests above have tiny weights: these are large enough for oneDNN.
+    # doubled, buffers written in place, oneDNN's matmul for weights of 2^17 values or more, the
+    # recurrent weights laid out once in its blocked format). The small tests above have tiny
+    # weights: these are large enough for oneDNN.
     torch.manual_seed(0)
     func, _ = build()
     x = torch.randn(7, 3, 24)
     v = torch.randn_like(x)
     calls = []
-    linear = _recurrent_rules._ONEDNN_LINEAR
+    linear, reorder = _recurrent_rules._ONEDNN
 
     def counting(*args: object) -> Tensor:
         calls.append(args)
         return linear(*args)
 
-    monkeypatch.setattr(_recurrent_rules, "_ONEDNN_LINEAR", counting)
+    monkeypatch.setattr(_recurrent_rules, "_ONEDNN", (counting, reorder))
 
     result = jvpcli.jvp_with_info(func, x, v)
 
@@ -378,7 +379,8 @@ def test_grad_free_lstm_path_matches_pytorch_with_onednn_matmuls_where_weights_a
     )
     assert result.info.method_used == "forward"
     assert bool(calls) is onednn
-    if onednn:
+    if onednn:  # each step's recurrent product takes the weight laid out once in oneDNN's format
+        assert any(weight.is_mkldnn for _, weight, *_ in calls)
         with _onednn_disabled():  # then torch.mm, and the same numbers
             calls.clear()
             unfused = jvpcli.jvp(func, x, v)
