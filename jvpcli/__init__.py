@@ -37,11 +37,10 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     if name in _ENGINE_NAMES:
-        from jvpcli import engine
-
-        return getattr(engine, name)
-    if name in _TREE_NAMES:
-        from jvpcli import _tree_jvp
-
-        return getattr(_tree_jvp, name)
-    raise AttributeError(f"module 'jvpcli' has no attribute {name!r}")
+        from jvpcli import engine as module
+    elif name in _TREE_NAMES:
+        from jvpcli import _tree_jvp as module
+    else:
+        raise AttributeError(f"module 'jvpcli' has no attribute {name!r}")
+    value = globals()[name] = getattr(module, name)  # found directly from now on: no call
+    return value

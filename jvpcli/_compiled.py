@@ -94,10 +94,11 @@ def forward(
     tangents = tuple(t.detach() for t in v)
     key = (
         id(identity),
-        _backend_key(backend),
+        backend if isinstance(backend, str) else id(backend),
         batched,
-        tuple(_tensor_key(x) for x in primals),
-        tuple(_tensor_key(t) for t in tangents),
+        *map(_tensor_key, primals),
+        len(primals),  # where the primals' keys end
+        *map(_tensor_key, tangents),
     )
     entry = _CACHE.get(key)
     if entry is not None and entry.owner() is not identity:
@@ -112,15 +113,18 @@ def forward(
         raise RuntimeError(entry.failure)  # it failed for these shapes before: not again
     versions = [x._version for x in primals]
     start = time.perf_counter()
+    grad_enabled = torch.is_grad_enabled()
     try:
         if not entry.compiled_once:
             _refuse_custom_functions(func, primals)
-        with torch.no_grad():
-            outputs, jvps = entry.compiled(func, primals, tangents)
+        torch._C._set_grad_enabled(False)  # torch.no_grad, without its Python frames
+        outputs, jvps = entry.compiled(func, primals, tangents)
     except Exception as error:
         if not entry.compiled_once:
             entry.failure = _first_line(error)
         raise
+    finally:
+        torch._C._set_grad_enabled(grad_enabled)
     compile_seconds = 0.0
     if not entry.compiled_once:
         compile_seconds = time.perf_counter() - start
@@ -154,11 +158,7 @@ def _refuse_custom_functions(func: Callable[..., object], primals: tuple[Tensor,
 
 
 def _tensor_key(x: Tensor) -> tuple[object, ...]:
-    return (tuple(x.shape), x.dtype, x.device, x.is_contiguous())
-
-
-def _backend_key(backend: Backend) -> Hashable:
-    return backend if isinstance(backend, str) else id(backend)
+    return (x.shape, x.dtype, x.device, x.is_contiguous())
 
 
 def _reference(identity: object) -> Callable[[], object | None]:
@@ -174,7 +174,9 @@ def _compile(batched: bool, backend: Backend) -> Callable[..., Any]:
     fresh = types.FunctionType(
         wrapper.__code__.replace(), wrapper.__globals__, wrapper.__name__, wrapper.__defaults__
     )
-    return torch.compile(fresh, backend=backend, fullgraph=True, dynamic=False)
+    # dynamic stays None: each entry sees one set of input shapes (its key), and dynamic=False
+    # would patch dynamo's config around every call (a few µs, a small function's whole graph).
+    return torch.compile(fresh, backend=backend, fullgraph=True)
 
 
 def _wrapper(

@@ -132,11 +132,13 @@ def outside_compilers(entry: str) -> Callable[[Callable[..., _R]], Callable[...,
     """Make the public entry point ``jvpcli.<entry>`` safe to call inside someone else's compile.
 
     Once dynamo is loaded (nothing can compile before), the entry point runs wrapped in
-    ``torch.compiler.disable``, recursively: dynamo never traces it nor anything it
-    calls, but breaks the graph there and calls it eagerly (or, with ``fullgraph=True``, raises
-    with :data:`INSIDE_COMPILE` as the reason). Without dynamo, no wrapper and no cost. Inside,
-    a trace that is not dynamo's (torch.export, make_fx from a backend) gets
-    :data:`INSIDE_COMPILE`.
+    ``torch.compiler.disable``, recursively, wherever dynamo could compile what it calls (its
+    frame callback is set: inside a compiled function, after a graph break): dynamo never traces
+    it nor anything it calls, but breaks the graph there and calls it eagerly (or, with
+    ``fullgraph=True``, raises with :data:`INSIDE_COMPILE` as the reason). Without dynamo, or
+    with no callback set (a plain eager call), no wrapper and no cost: the wrapper's own frames
+    and switches cost a compiled call about as much as jvpcli's checks. Inside, a trace that is
+    not dynamo's (torch.export, make_fx from a backend) gets :data:`INSIDE_COMPILE`.
     """
     message = INSIDE_COMPILE.format(entry=entry)
 
@@ -156,6 +158,8 @@ def outside_compilers(entry: str) -> Callable[[Callable[..., _R]], Callable[...,
                 # Dynamo is tracing this very call, and cannot trace torch.compiler.disable: the
                 # error makes it run this frame eagerly (or, with fullgraph=True, says why not).
                 raise RuntimeError(message)
+            if _eval_frame_callback() is None:
+                return checked(*args, **kwargs)
             if not disabled:
                 disabled.append(torch.compiler.disable(checked, recursive=True, reason=message))
             return disabled[0](*args, **kwargs)
@@ -163,6 +167,11 @@ def outside_compilers(entry: str) -> Callable[[Callable[..., _R]], Callable[...,
         return run
 
     return decorate
+
+
+def _eval_frame_callback() -> object:
+    """What dynamo runs on each new Python frame now (None: nothing; dynamo is loaded)."""
+    return torch._C._dynamo.eval_frame.get_eval_frame_callback()
 
 
 @outside_compilers("jvp")
@@ -405,10 +414,12 @@ def _compiled_forward(
     batched: bool,
     compile: bool | str | Callable[..., Any],
 ) -> tuple[tuple[bool, tuple[Tensor, ...], tuple[Tensor, ...]], float]:
-    from jvpcli import _compiled
+    compiled = sys.modules.get("jvpcli._compiled")
+    if compiled is None:
+        from jvpcli import _compiled as compiled
 
     backend = "inductor" if compile is True else compile
-    outputs, tangents, seconds = _compiled.forward(
+    outputs, tangents, seconds = compiled.forward(
         call.func, inputs, v, batched, backend, call.identity
     )
     return call.select(outputs, tangents), seconds

@@ -60,6 +60,32 @@ def test_every_entry_point_and_flag_inside_a_compiled_function_equals_pytorchs(
     torch.testing.assert_close(got[0] if flags.get("batched_v") else got, expected)
 
 
+def test_jvp_after_a_graph_break_runs_eagerly_and_equals_pytorchs() -> None:
+    # There dynamo's frame callback is set while jvpcli runs: jvpcli must switch it off, or the
+    # outer compile would trace the user's function on jvpcli's dual tensors. (A plain eager
+    # call, with no callback set, skips that switch.)
+    func = linear()
+    x = torch.randn(2, 4)
+    v = torch.randn(2, 4)
+    expected = torch_jvp(func, x, v)[1]
+    graphs: list[torch.fx.GraphModule] = []
+
+    def counting(graph: torch.fx.GraphModule, _: object) -> object:
+        graphs.append(graph)
+        return graph.forward
+
+    def outer(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        y = x * 1
+        torch._dynamo.graph_break()
+        return jvpcli.jvp(func, y, v)[1]
+
+    torch._dynamo.reset()
+    torch.testing.assert_close(torch.compile(outer, backend=counting)(x, v), expected)
+    assert graphs
+    assert not any("linear" in graph.code for graph in graphs)
+    torch.testing.assert_close(jvpcli.jvp(func, x, v)[1], expected)
+
+
 def test_jvp_under_fullgraph_raises_the_clear_error() -> None:
     torch._dynamo.reset()
     compiled = torch.compile(
