@@ -39,6 +39,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from jvpcli import _onednn
+
 _DTYPES = (torch.float32, torch.float64)
 
 
@@ -124,40 +126,20 @@ def _lstm_step(
     return new_hidden, new_cell
 
 
-def _onednn_linear() -> tuple[Callable[..., Tensor], Callable[..., Tensor]] | None:
-    try:
-        return torch.ops.mkldnn._linear_pointwise.default, torch.ops.mkldnn._reorder_linear_weight
-    except (AttributeError, RuntimeError):  # a build without oneDNN
-        return None
-
-
-_ONEDNN = _onednn_linear()
-_ONEDNN_MIN_WEIGHT = 1 << 17
-"""oneDNN's matmul costs some 15 µs a call more than MKL's: for a weight smaller than this (an
-LSTM of hidden size 128 or less), ``mm`` is faster whatever the rows."""
-
-
 def _matmul_for(x: Tensor, weight_t: Tensor, rows: int | None = None) -> Callable[[Tensor], Tensor]:
-    """``lambda y: y @ weight_t`` for ``y`` like ``x``: oneDNN's matmul for a large float32
-    weight on CPU, as PyTorch's fused LSTM forward runs, else ``torch.mm``.
+    """``lambda y: y @ weight_t`` for ``y`` like ``x``: oneDNN's matmul where
+    :func:`jvpcli._onednn.usable` (as PyTorch's fused LSTM forward runs), else ``torch.mm``.
 
-    On this project's machine oneDNN's float32 matmul runs 10-30% faster than MKL's, which
-    ``torch.mm`` calls; as the fused forward is oneDNN's, with ``mm`` the jvp would pay that
-    difference on every matmul of the layer. ``rows``: for a product made once per time step, the
-    most rows it will have; the weight is then laid out once in oneDNN's blocked format for that
-    many rows (as the fused forward's weights are), which a plain weight would be again on every
-    call (another 5-20% of each step's matmul). Grad mode off only (the op has no autograd
-    formula); float64 and other devices take ``mm``.
+    ``rows``: for a product made once per time step, the most rows it will have; the weight is
+    then laid out once in oneDNN's blocked format for that many rows (as the fused forward's
+    weights are), which a plain weight would be again on every call (another 5-20% of each
+    step's matmul).
     """
-    if (
-        _ONEDNN is not None
-        and weight_t.numel() >= _ONEDNN_MIN_WEIGHT
-        and x.dtype == torch.float32
-        and x.device.type == "cpu"
-        and torch._C._get_mkldnn_enabled()
-    ):
-        linear, reorder = _ONEDNN
-        weight = weight_t.t() if rows is None else reorder(weight_t.t(), rows)
+    weight = weight_t.t()
+    if _onednn.usable(x, weight):
+        linear, reorder = _onednn.OPS
+        if rows is not None:
+            weight = reorder(weight, rows)
         return lambda y: linear(y, weight, None, "none", [], "")
     return lambda y: y.mm(weight_t)
 
@@ -527,9 +509,7 @@ def _input_products(
     layer_input: Tensor, weight_t: Tensor, bias: Tensor | None, runs: list[_Run]
 ) -> Tensor:
     """``[x W^T + b; x_t W^T]`` of all time steps at once, interleaved like ``layer_input``."""
-    products = (
-        layer_input.mm(weight_t) if torch.is_grad_enabled() else _product(layer_input, weight_t)
-    )
+    products = _product(layer_input, weight_t)
     if bias is not None:
         for run in runs:  # a fresh product: the mm's backward needs none of its values
             run.of(products)[:, 0].add_(bias)

@@ -13,7 +13,9 @@ math backend, pays both.
 - when exactly one operand of a (bi)linear op (``mul``, ``matmul``, ``linear``, ``conv*``,
   ``addmm``, ...) carries a tangent, the rule computes the primal and that one tangent term;
 - ``linear`` with a dual weight or bias (tangents on parameters) accumulates its tangent terms
-  inside the matrix products rather than adding them afterwards;
+  inside the matrix products rather than adding them afterwards; a float32 tangent's product with
+  a large weight goes to oneDNN's matmul where it is faster than MKL's (:mod:`jvpcli._onednn`),
+  while the primal keeps ``F.linear``'s;
 - ``scaled_dot_product_attention`` computes its probabilities once and the tangent from them;
   ``layer_norm`` computes its statistics so that its tangent stays differentiable;
 - the recurrent layers (``torch.lstm``, ``torch.gru``, ``torch.rnn_tanh`` / ``rnn_relu``, padded
@@ -39,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from jvpcli import _onednn
 from jvpcli._recurrent_rules import RECURRENT_RULES
 
 Rule = Callable[[int, Callable[..., Any], tuple, dict], Any]
@@ -165,18 +168,22 @@ def _linear(level: int, func: Callable[..., Any], args: tuple, kwargs: dict) -> 
         # on rows copied contiguous.
         rows = x.reshape(-1, x.size(-1))
         primal = func(rows, weight, bias).view(*x.shape[:-1], -1)
-        tangent = func(x_t.reshape(rows.shape), weight).view(primal.shape)
+        tangent = _tangent_product(x_t.reshape(rows.shape), weight).view(primal.shape)
         return _dual(primal, tangent, level)
     if weight_t is None and bias_t is None:
+        if x_t is not None and _onednn.usable(x_t, weight):
+            primal = func(x, weight, bias)
+            tangent = _onednn.linear(x_t.reshape(-1, x_t.size(-1)), weight)
+            return _dual(primal, tangent.view(primal.shape), level)
         return _weighted(level, func, args, kwargs, bias_index=2)
     primal = func(x, weight, bias)
     if x_t is None and weight_t is None:
         return _dual(primal, bias_t, level)  # expanded to the output's shape
     rows = x.reshape(-1, x.size(-1))  # addmm takes matrices
     if x_t is None:
-        tangent = F.linear(rows, weight_t, bias_t)
+        tangent = _tangent_product(rows, weight_t, bias_t)
     else:
-        tangent = F.linear(x_t.reshape(rows.shape), weight, bias_t)
+        tangent = _tangent_product(x_t.reshape(rows.shape), weight, bias_t)
         if weight_t is not None and torch._C._functorch.maybe_current_level() is None:
             # In place, into the fresh product: out of place, addmm would first copy it whole.
             # Its backward needs none of the values it overwrites, so create_graph still works.
@@ -184,6 +191,15 @@ def _linear(level: int, func: Callable[..., Any], args: tuple, kwargs: dict) -> 
         elif weight_t is not None:
             tangent = torch.addmm(tangent, rows, weight_t.t())  # vmap has no rule for addmm_
     return _dual(primal, tangent.reshape(primal.shape), level)
+
+
+def _tangent_product(rows: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear(rows, weight, bias)`` for a tangent: by oneDNN where that is faster
+    (:mod:`jvpcli._onednn`). The primal keeps ``F.linear``, so that it is the function's own
+    output to the bit; a tangent's last bits differ between any two ways of computing it."""
+    if _onednn.usable(rows, weight) and (bias is None or bias.dtype == rows.dtype):
+        return _onednn.linear(rows, weight, bias)
+    return F.linear(rows, weight, bias)
 
 
 def _strided_batch(x: Tensor) -> bool:

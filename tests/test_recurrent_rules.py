@@ -21,7 +21,7 @@ from torch.autograd.functional import jvp as torch_jvp
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import jvpcli
-from jvpcli import _recurrent_rules
+from jvpcli import _onednn, _recurrent_rules
 from jvpcli.engine import _onednn_disabled
 
 METHODS = ("auto", "forward", "double-backward")
@@ -364,13 +364,13 @@ def test_grad_free_lstm_path_matches_pytorch_with_onednn_matmuls_where_weights_a
     x = torch.randn(7, 3, 24)
     v = torch.randn_like(x)
     calls = []
-    linear, reorder = _recurrent_rules._ONEDNN
+    linear, reorder = _onednn.OPS
 
     def counting(*args: object) -> Tensor:
         calls.append(args)
         return linear(*args)
 
-    monkeypatch.setattr(_recurrent_rules, "_ONEDNN", (counting, reorder))
+    monkeypatch.setattr(_onednn, "OPS", (counting, reorder))
 
     result = jvpcli.jvp_with_info(func, x, v)
 

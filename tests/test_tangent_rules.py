@@ -160,6 +160,61 @@ def test_linear_rule_with_every_operand_dual_under_batched_tangents():
         torch.testing.assert_close((got[0], got[1][k]), expected)
 
 
+LARGE = 1 << 9  # a 512 x 512 float32 weight: 2^18 values, enough for oneDNN's matmul
+
+
+def _large_linear_case(case: str) -> tuple[object, tuple[torch.Tensor, ...]]:
+    torch.manual_seed(0)
+    w, b = torch.randn(LARGE, LARGE) / 20, torch.randn(LARGE)
+    if case == "rows":
+        return (lambda x: F.linear(x, w, b)), (torch.randn(64, LARGE),)
+    if case == "batch":
+        return (lambda x: F.linear(x, w)), (torch.randn(4, 16, LARGE),)
+    if case == "strided-batch":
+        return (lambda x: F.linear(x.transpose(0, 1), w, b)), (torch.randn(16, 4, LARGE),)
+    if case == "dual-weight":
+        return F.linear, (torch.randn(8, LARGE), w, b)
+    constant = torch.randn(8, LARGE)  # "dual-weight-constant-input"
+    return (lambda w_, b_: F.linear(constant, w_, b_)), (w, b)
+
+
+@pytest.mark.parametrize(
+    "case", ["rows", "batch", "strided-batch", "dual-weight", "dual-weight-constant-input"]
+)
+def test_float32_linear_with_a_large_weight_takes_onednn_for_the_tangent_only(
+    case: str, monkeypatch: pytest.MonkeyPatch
+):
+    # oneDNN's matmul (0.65-0.85x MKL's time here) computes the tangent; the primal stays
+    # F.linear's, so it is the function's own output to the bit (a strided batch's rows are
+    # multiplied contiguous: equal to rounding). With create_graph the tangent must be
+    # differentiable: F.linear again.
+    from jvpcli import _onednn
+
+    func, inputs = _large_linear_case(case)
+    v = tuple(torch.randn_like(x) for x in inputs)
+    calls = []
+    linear, reorder = _onednn.OPS
+
+    def counting(*args: object) -> torch.Tensor:
+        calls.append(args)
+        return linear(*args)
+
+    monkeypatch.setattr(_onednn, "OPS", (counting, reorder))
+    expected = torch_jvp(func, inputs, v)
+    output, tangent = jvp(func, inputs, v)
+    assert calls
+    if case == "strided-batch":
+        torch.testing.assert_close(output, func(*inputs))
+    else:
+        assert torch.equal(output, func(*inputs))
+    torch.testing.assert_close(tangent, expected[1], rtol=1e-4, atol=1e-4)
+
+    calls.clear()
+    output, tangent = jvp(func, inputs, v, create_graph=True)
+    assert not calls
+    torch.testing.assert_close((output, tangent), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_rules_are_used_for_the_ops_they_cover():
     for func in (torch.mul, torch.Tensor.__rmul__, F.linear, F.conv2d, torch.addmm, torch.rsub):
         assert func in _RULES
