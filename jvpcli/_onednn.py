@@ -35,6 +35,7 @@ def usable(x: Tensor, weight: Tensor) -> bool:
     """Whether ``x @ weight.T`` goes to oneDNN (``weight``: ``(out, in)``, contiguous)."""
     return (
         OPS is not None
+        and not torch.compiler.is_compiling()  # first: dynamo cannot trace the calls below
         and weight.numel() >= MIN_WEIGHT
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
@@ -43,7 +44,6 @@ def usable(x: Tensor, weight: Tensor) -> bool:
         and weight.is_contiguous()
         and not torch.is_grad_enabled()
         and torch._C._functorch.maybe_current_level() is None
-        and not torch.compiler.is_compiling()
         and torch._C._get_mkldnn_enabled()
     )
 

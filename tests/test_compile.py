@@ -239,6 +239,24 @@ def test_compiled_batched_tangents_equal_pytorchs_one_by_one() -> None:
 
 
 @pytest.mark.parametrize("batched_v", [False, True], ids=["one direction", "batched_v"])
+def test_compiled_float32_layers_large_enough_for_onednn_trace_and_equal_pytorchs(batched_v):
+    # Eagerly, such a layer's tangent goes to oneDNN (jvpcli._onednn); traced, the rule must
+    # decide before asking anything dynamo cannot trace (functorch's level, under vmap: once,
+    # every batched compile of a large layer fell back to eager).
+    torch.manual_seed(0)
+    func = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.Tanh()).eval()
+    x = torch.randn(4, 512)
+    v = torch.randn(3, 4, 512) if batched_v else torch.randn(4, 512)
+    torch._dynamo.reset()
+    result = jvpcli.jvp_with_info(func, x, v, batched_v=batched_v, compile="eager")
+    assert result.info.method_used == "forward (compiled)", str(result.info)
+    expected = [torch_jvp(func, x, d)[1] for d in (v if batched_v else [v])]
+    torch.testing.assert_close(
+        result.jvp, torch.stack(expected) if batched_v else expected[0], rtol=1e-4, atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("batched_v", [False, True], ids=["one direction", "batched_v"])
 def test_inductor_compiled_jvp_equals_pytorchs(batched_v) -> None:
     func, (x,), (v,) = case("MLP" if batched_v else "sin chain", torch.float32)
     directions = torch.stack([v, -2 * v]) if batched_v else v
