@@ -18,21 +18,17 @@ import statistics
 import time
 
 import torch
+from suite import _many_tiny_ops
 
 import jvpcli
-
-
-def tiny_ops(x: torch.Tensor) -> torch.Tensor:
-    for _ in range(200):
-        x = torch.sin(x) * 0.9 + 0.1
-    return x
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=300)
     args = parser.parse_args()
-    inputs, v = (torch.randn(64),), (torch.randn(64),)
+    tiny_ops, inputs = _many_tiny_ops()
+    v = tuple(torch.randn_like(x) for x in inputs)
     func_jvp = torch.compile(lambda p, t: torch.func.jvp(tiny_ops, p, t))
     calls = {
         "forward": lambda: tiny_ops(inputs[0]),

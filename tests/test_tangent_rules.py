@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.autograd.functional import jvp as torch_jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from jvpcli import jvp
+from jvpcli import _onednn, jvp
 from jvpcli._tangent_rules import _RULES
 
 torch.manual_seed(0)
@@ -188,8 +188,6 @@ def test_float32_linear_with_a_large_weight_takes_onednn_for_the_tangent_only(
     # F.linear's, so it is the function's own output to the bit (a strided batch's rows are
     # multiplied contiguous: equal to rounding). With create_graph the tangent must be
     # differentiable: F.linear again.
-    from jvpcli import _onednn
-
     func, inputs = _large_linear_case(case)
     v = tuple(torch.randn_like(x) for x in inputs)
     calls = []
