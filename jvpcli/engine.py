@@ -292,6 +292,7 @@ def run_jvp(
     start = time.perf_counter()
     is_inputs_tuple, inputs = _as_tuple(inputs, "inputs")
     _check_differentiable_dtypes(inputs, is_inputs_tuple)
+    _refuse_enclosing_tangents(inputs)
     if v is None:
         if len(inputs) != 1 or inputs[0].nelement() != 1:
             raise RuntimeError(
@@ -441,6 +442,22 @@ def _as_tuple(value: object, arg_name: str) -> tuple[bool, tuple[Tensor, ...]]:
                 f"{where} has type {type(element)}."
             )
     return is_tuple, values
+
+
+def _refuse_enclosing_tangents(inputs: tuple[Tensor, ...]) -> None:
+    """Raise if an input is a dual tensor of a forward-AD level already open (jvpcli's jvp
+    called inside the function of another jvp, or inside ``fwAD.dual_level``): this call would
+    differentiate the primals only, and its result would silently lose the enclosing tangents."""
+    if fwAD._current_level < 0:
+        return
+    for i, x in enumerate(inputs):
+        if fwAD.unpack_dual(x).tangent is not None:
+            raise RuntimeError(
+                f"Input {i} of jvp carries the tangent of an enclosing jvp (a jvp nested inside "
+                "the function of another, or inside a dual level): jvpcli does not nest, and "
+                "would drop that tangent, giving a wrong result. Compute both products with "
+                "torch.autograd.functional.jvp instead (create_graph=True for the inner one)."
+            )
 
 
 def _check_differentiable_dtypes(inputs: tuple[Tensor, ...], is_inputs_tuple: bool) -> None:

@@ -444,3 +444,19 @@ def test_auto_with_create_graph_uses_double_backward_and_says_why():
     # the reason it does: backward through forward mode's softmax rule fails in PyTorch
     (gradient,) = torch.autograd.grad(result.jvp.sum(), x)
     assert torch.isfinite(gradient).all()
+
+
+@pytest.mark.parametrize("method", ["auto", "forward", "double-backward"])
+def test_jvp_nested_in_another_jvps_function_raises_rather_than_drop_its_tangent(method):
+    # The inner call used to differentiate the primals only: a zero second derivative, silently.
+    x, v = torch.randn(4, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="carries the tangent of an enclosing jvp"):
+        jvpcli.jvp(lambda y: jvpcli.jvp(torch.sin, y, v)[1], x, v, method="forward")
+    with torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual(x, v)
+        with pytest.raises(RuntimeError, match="carries the tangent of an enclosing jvp"):
+            jvpcli.jvp(torch.sin, dual, v, method=method)
+        if method != "forward":  # forward mode cannot open a level inside one (PyTorch says so)
+            # Constants inside a dual level are fine.
+            got = jvpcli.jvp(torch.sin, x, v, method=method)[1]
+            torch.testing.assert_close(got, x.cos() * v)
