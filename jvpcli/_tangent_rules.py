@@ -460,6 +460,11 @@ def _opened(func: Callable[..., Any]) -> Callable[..., Any] | None:
     return opened
 
 
+_DIFFERENTIATING = frozenset({torch.autograd.grad, torch.autograd.backward, Tensor.backward})
+"""The calls by which a function differentiates inside itself (``torch.autograd.functional`` and
+``torch.func.grad`` end in them too)."""
+
+
 _ENTRIES: dict[Callable[..., Any], Callable[..., Any] | bool] = {}
 """What the mode does with each function it has seen: call its Scalar overload (the ATen op) when
 its second operand is a number, consult the rules and opened functions (True), or nothing
@@ -467,6 +472,8 @@ its second operand is a number, consult the rules and opened functions (True), o
 
 
 def _entry(func: Callable[..., Any]) -> Callable[..., Any] | bool:
+    if func in _DIFFERENTIATING:
+        return True
     number_op = _NUMBER_OPS.get(func)
     if number_op is not None:
         return number_op
@@ -522,8 +529,34 @@ def traced_lookup(func: Callable[..., Any]) -> tuple[str | None, int | None, int
     )
 
 
+class DifferentiatesInside(RuntimeError):
+    """The function differentiates with ``torch.autograd`` inside, which the rules cannot follow.
+
+    Forward mode over a function's own backward pass needs tangents on what that backward pass
+    reads: the reverse graph's saved tensors. The rules record the graph of the primal alone (their
+    saved tensors carry no tangent), so a gradient taken inside would lose the tangent silently;
+    and inputs that do not require grad make such functions detach them (as
+    ``torch.autograd.functional``'s do). The engine reruns the function with inputs that require
+    grad and PyTorch's own forward rules, whose saved tensors keep their tangents.
+    """
+
+
+def differentiates_inside(func: Callable[..., Any] = torch.autograd.grad) -> str:
+    """The message of :class:`DifferentiatesInside` for a call of ``func``."""
+    name = "Tensor.backward" if func is Tensor.backward else f"torch.autograd.{func.__name__}"
+    return (
+        f"the function calls {name} (it differentiates inside itself), which jvpcli's fast "
+        "tangent rules cannot follow"
+    )
+
+
 class FastTangentRules(TorchFunctionMode):
-    """While active, ops in the rule table skip PyTorch's zero-tangent work (see module doc)."""
+    """While active, ops in the rule table skip PyTorch's zero-tangent work (see module doc).
+
+    A call that differentiates inside the function (:data:`_DIFFERENTIATING`) raises
+    :class:`DifferentiatesInside`, and sets :attr:`differentiated`, which stays set should the
+    function catch the error.
+    """
 
     def __init__(
         self,
@@ -537,6 +570,7 @@ class FastTangentRules(TorchFunctionMode):
         self.level = level
         self._running: set[Callable[..., Any]] = set()
         self._traced_lookup = traced_lookup
+        self.differentiated = False
 
     def __torch_function__(
         self, func: Callable[..., Any], types: tuple, args: tuple = (), kwargs: dict | None = None
@@ -590,6 +624,9 @@ class FastTangentRules(TorchFunctionMode):
 
     def _ruled(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         """``func`` through its rule, else its opened copy under the mode, else as it is."""
+        if func in _DIFFERENTIATING:
+            self.differentiated = True
+            raise DifferentiatesInside(differentiates_inside(func))
         rule = _RULES.get(func)
         if rule is not None:
             result = rule(self.level, func, args, kwargs)

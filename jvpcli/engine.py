@@ -42,7 +42,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
-from jvpcli._tangent_rules import FastTangentRules
+from jvpcli._tangent_rules import DifferentiatesInside, FastTangentRules, differentiates_inside
 
 __all__ = ["METHODS", "Fallback", "JvpInfo", "JvpResult", "jvp", "jvp_with_info"]
 
@@ -587,8 +587,15 @@ def _incompatible_with_vmap(error: BaseException) -> bool:
 
 def _needs_reverse_graph(error: BaseException) -> bool:
     """Whether ``func`` failed because it differentiates internally with torch.autograd."""
+    if isinstance(error, DifferentiatesInside):
+        return True
     message = str(error)
-    return "does not require grad and does not have a grad_fn" in message or _DISCARDED in message
+    return (
+        "does not require grad and does not have a grad_fn" in message
+        or _DISCARDED in message
+        # torch.func.grad inside func, under strict mode's hooks that discard saved tensors
+        or "don't yet support saved tensor hooks" in message
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -600,7 +607,8 @@ class _Attempt:
     """How a forward-mode attempt runs; each retry turns on one more workaround."""
 
     onednn_off: bool = False  # oneDNN's RNN kernels have no forward rule
-    record_graph: bool = False  # func differentiates internally: inputs must require grad
+    record_graph: bool = False  # func differentiates internally: inputs must require grad, and
+    # PyTorch's own forward rules run, as its backward pass needs tangents on the saved tensors
     one_direction: bool = False  # batched_v: func does not compose with vmap
 
 
@@ -626,7 +634,10 @@ def _forward_with_retries(
                 remedy = "retried with oneDNN kernels off"
             elif not attempt.record_graph and _needs_reverse_graph(error):
                 attempt = replace(attempt, record_graph=True)
-                remedy = "retried with inputs that require grad, as the function differentiates"
+                remedy = (
+                    "retried with inputs that require grad and PyTorch's own forward rules, as "
+                    "the function differentiates"
+                )
             elif batched and not attempt.one_direction and _incompatible_with_vmap(error):
                 attempt = replace(attempt, one_direction=True)
                 remedy = "retried one direction at a time"
@@ -662,8 +673,14 @@ def _forward(
         saved_tensors = torch.autograd.graph.saved_tensors_hooks(_discard, _discarded)
     with torch.set_grad_enabled(track), saved_tensors, fwAD.dual_level() as level:
         duals = _make_duals(primals, tangents, level)
-        with FastTangentRules(level):
+        if record_graph:
             raw_outputs = func(*duals)
+        else:
+            rules = FastTangentRules(level)
+            with rules:
+                raw_outputs = func(*duals)
+            if rules.differentiated:  # the function caught DifferentiatesInside
+                raise DifferentiatesInside(differentiates_inside())
         is_outputs_tuple, outputs = _as_tuple(raw_outputs, "outputs of the user-provided function")
         unpacked = _unpack_duals(outputs, level)
 
@@ -738,8 +755,11 @@ def _forward_batched(
     structure: list[bool] = []
 
     def ruled(*duals: Tensor) -> tuple[Tensor, ...]:
-        with FastTangentRules(fwAD._current_level):
+        rules = FastTangentRules(fwAD._current_level)
+        with rules:
             raw_outputs = func(*duals)
+        if rules.differentiated:
+            raise DifferentiatesInside(differentiates_inside())
         is_outputs_tuple, outputs = _as_tuple(raw_outputs, "outputs of the user-provided function")
         structure.append(is_outputs_tuple)
         return outputs
