@@ -603,6 +603,12 @@ def test_sigterm_on_the_driver_cancels_the_tasks_and_leaves_no_partial_file(work
     (workspace / "gate").write_text("closed")
     driver = run_driver(config, cluster)
     wait_for(workspace, "blocked-*", 240)
+    # The unblocked runs finish first: a SIGTERM just as one's reply arrives can abort Ray's
+    # own driver (exit 1, the race of ray-project/ray#54798), which jvpcli cannot prevent.
+    deadline = time.monotonic() + 120
+    while len(list((workspace / "out").glob("*.safetensors"))) < 4:  # the x0.5 and x1 runs
+        assert time.monotonic() < deadline, "the unblocked runs did not finish"
+        time.sleep(0.2)
     driver.send_signal(signal.SIGTERM)
     _, stderr = driver.communicate(timeout=120)
     assert driver.returncode == 143, stderr

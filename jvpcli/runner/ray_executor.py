@@ -312,9 +312,18 @@ class RayExecutor:
     def _cancel(self, refs: list[Any]) -> None:
         """Cancel unfinished tasks: queued ones never start; a running one is interrupted
         (KeyboardInterrupt in the worker: its temporary file is removed) and waited for, a
-        few seconds, before it is killed."""
+        few seconds, before it is killed.
+
+        Ray 2.60's driver can abort ("Tried to complete task that was not pending") when a
+        cancellation meets a task's reply (the race of ray-project/ray#54798): tasks that have
+        finished are left alone, and the last submitted, likely still queued, are cancelled
+        first, so that a worker freed by an interrupted task is not handed one being cancelled.
+        """
         ray = self._ray
-        for ref in refs:
+        finished, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        done = set(finished)
+        refs = [ref for ref in refs if ref not in done]
+        for ref in reversed(refs):
             with contextlib.suppress(Exception):  # a task that finished meanwhile
                 ray.cancel(ref, force=False)
         _, stuck = ray.wait(refs, num_returns=len(refs), timeout=10.0)
@@ -414,6 +423,7 @@ def _execute(checked: CheckedRun, resume: bool, threads: int, uploaded: str | No
     """A run's task: compute it with this worker's cache, and return its outcome."""
     import torch
 
+    from jvpcli._malloc import tune as tune_malloc
     from jvpcli.runner.cache import WorkerCache
     from jvpcli.runner.execution import execute_run, tensor_files
 
@@ -421,6 +431,7 @@ def _execute(checked: CheckedRun, resume: bool, threads: int, uploaded: str | No
     if _WORKER_CACHE is None:
         _WORKER_CACHE = WorkerCache(executor="ray", node=_node())
     cache = _WORKER_CACHE
+    tune_malloc()
     torch.set_num_threads(threads)
     if uploaded is not None:
         keep = {checked.spec.output}
