@@ -30,6 +30,7 @@ from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
 from jvpcli import __version__
+from jvpcli._malloc import tune as tune_malloc
 from jvpcli.config import (
     DTYPES,
     METHODS,
@@ -315,6 +316,7 @@ def compute(
     check, fail_on_nonfinite): a run whose results fail a check fails (exit 1).
     """
     stdout, stderr = _consoles()
+    tune_malloc()
     record = _Record(config, shard, update_golden)
     named: dict[str, Any] = {
         "function": function,
@@ -778,6 +780,7 @@ def bench(
     overlap) and warns when a candidate's rounds disagree by more than 20%. Writes nothing.
     """
     stdout, stderr = _consoles()
+    tune_malloc()  # as compute does: bench times what compute runs
     with _reporting(stdout, stderr, json_, debug, {"runs": []}):
         sweep = load_sweep(config, _overrides(set_))
         from jvpcli.runner import WorkerCache, bench_run, plan_runs
