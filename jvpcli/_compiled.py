@@ -35,9 +35,21 @@ import torch
 import torch.autograd.forward_ad as fwAD
 import torch.utils._pytree as pytree
 from torch import Tensor
+from torch.overrides import TorchFunctionMode
 
-from jvpcli._tangent_rules import FastTangentRules, traced_lookup
-from jvpcli.engine import _check_inputs_unmodified, _dual_ready, _first_line, _make_duals
+from jvpcli._tangent_rules import (
+    AUTOGRAD_STATE,
+    FastTangentRules,
+    reads_autograd_state,
+    traced_lookup,
+)
+from jvpcli.engine import (
+    _check_inputs_unmodified,
+    _dual_ready,
+    _first_line,
+    _make_duals,
+    _RandomState,
+)
 
 __all__ = ["CACHE_SIZE", "Backend", "clear_cache", "forward"]
 
@@ -116,7 +128,9 @@ def forward(
     grad_enabled = torch.is_grad_enabled()
     try:
         if not entry.compiled_once:
+            random_state = _RandomState()
             _refuse_custom_functions(func, primals)
+            random_state.restore()  # the compiled call draws what the function would have
         torch._C._set_grad_enabled(False)  # torch.no_grad, without its Python frames
         outputs, jvps = entry.compiled(func, primals, tangents)
     except Exception as error:
@@ -134,14 +148,20 @@ def forward(
 
 
 def _refuse_custom_functions(func: Callable[..., object], primals: tuple[Tensor, ...]) -> None:
-    """Raise if ``func`` calls a custom ``torch.autograd.Function``.
+    """Raise if ``func`` calls a custom ``torch.autograd.Function``, or reads autograd's state.
 
     Dynamo traces such a Function's ``forward`` into the graph and differentiates that, ignoring
     its ``jvp`` and ``backward`` (a straight-through estimator's derivative becomes 0): a wrong
     result, silently. One eager call with autograd's graph recorded finds them, by their nodes.
+    The same call finds reads of ``requires_grad``, ``grad_fn`` or ``is_leaf`` on the inputs and
+    what is computed from them, whose values dynamo would bake into the graph as forward mode
+    sees them (:class:`~jvpcli._tangent_rules.NeedsAutograd`): computed eagerly, the engine
+    reruns such a function as torch.autograd.functional.jvp would run it.
     """
+    inputs = tuple(x.detach().requires_grad_() for x in primals)
     with torch.enable_grad():
-        outputs = func(*(x.detach().requires_grad_() for x in primals))
+        with _AutogradStateReads(inputs):
+            outputs = func(*inputs)
         nodes = [t.grad_fn for t in pytree.tree_leaves(outputs) if isinstance(t, Tensor)]
         seen: set[int] = set()
         while nodes:
@@ -155,6 +175,22 @@ def _refuse_custom_functions(func: Callable[..., object], primals: tuple[Tensor,
                     "whose own jvp or backward a compiled function would not use"
                 )
             nodes.extend(next_node for next_node, _ in node.next_functions)
+
+
+class _AutogradStateReads(TorchFunctionMode):
+    """Raises at a read of autograd's state on one of ``inputs`` or a tensor with a ``grad_fn``."""
+
+    def __init__(self, inputs: tuple[Tensor, ...]) -> None:
+        super().__init__()
+        self._inputs = {id(x) for x in inputs}
+
+    def __torch_function__(
+        self, func: Callable[..., Any], types: tuple, args: tuple = (), kwargs: dict | None = None
+    ) -> Any:
+        attribute = AUTOGRAD_STATE.get(func)
+        if attribute is not None and (id(args[0]) in self._inputs or args[0].grad_fn is not None):
+            raise RuntimeError(str(reads_autograd_state(attribute)))
+        return func(*args, **(kwargs or {}))
 
 
 def _tensor_key(x: Tensor) -> tuple[object, ...]:

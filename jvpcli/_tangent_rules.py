@@ -464,6 +464,14 @@ _DIFFERENTIATING = frozenset({torch.autograd.grad, torch.autograd.backward, Tens
 """The calls by which a function differentiates inside itself (``torch.autograd.functional`` and
 ``torch.func.grad`` end in them too)."""
 
+AUTOGRAD_STATE = {
+    Tensor.requires_grad.__get__: "requires_grad",
+    Tensor.grad_fn.__get__: "grad_fn",
+    Tensor.is_leaf.__get__: "is_leaf",
+}
+"""The attributes whose value on a tensor computed from the inputs differs between the rules'
+world (grad mode off, inputs that do not require grad) and torch.autograd.functional.jvp's."""
+
 
 _ENTRIES: dict[Callable[..., Any], Callable[..., Any] | bool] = {}
 """What the mode does with each function it has seen: call its Scalar overload (the ATen op) when
@@ -472,7 +480,7 @@ its second operand is a number, consult the rules and opened functions (True), o
 
 
 def _entry(func: Callable[..., Any]) -> Callable[..., Any] | bool:
-    if func in _DIFFERENTIATING:
+    if func in _DIFFERENTIATING or func in AUTOGRAD_STATE:
         return True
     number_op = _NUMBER_OPS.get(func)
     if number_op is not None:
@@ -529,33 +537,58 @@ def traced_lookup(func: Callable[..., Any]) -> tuple[str | None, int | None, int
     )
 
 
-class DifferentiatesInside(RuntimeError):
-    """The function differentiates with ``torch.autograd`` inside, which the rules cannot follow.
+class NeedsAutograd(RuntimeError):
+    """The function uses autograd inside: the rules' world cannot give it what it asks for.
 
-    Forward mode over a function's own backward pass needs tangents on what that backward pass
-    reads: the reverse graph's saved tensors. The rules record the graph of the primal alone (their
-    saved tensors carry no tangent), so a gradient taken inside would lose the tangent silently;
-    and inputs that do not require grad make such functions detach them (as
-    ``torch.autograd.functional``'s do). The engine reruns the function with inputs that require
-    grad and PyTorch's own forward rules, whose saved tensors keep their tangents.
+    The rules run the function with grad mode off on inputs that do not require grad, and record
+    the graph of the primal alone. A function that differentiates inside itself (a force, a
+    saliency map, a gradient penalty) needs tangents on what its own backward pass reads, the
+    saved tensors, which the rules' saved tensors do not carry, and inputs that do not require
+    grad make such functions detach them (as ``torch.autograd.functional``'s do): its tangent
+    would be lost, silently. A function that reads ``requires_grad``, ``grad_fn`` or ``is_leaf``
+    of a tensor computed from the inputs would read other values than under
+    ``torch.autograd.functional.jvp``, and may take another branch. The engine reruns either with
+    inputs that require grad and PyTorch's own forward rules, as that function sees them there.
+
+    Attributes:
+        because: why the engine reruns the function, in a clause ("the function differentiates").
     """
 
+    def __init__(self, message: str, because: str) -> None:
+        super().__init__(message)
+        self.because = because
 
-def differentiates_inside(func: Callable[..., Any] = torch.autograd.grad) -> str:
-    """The message of :class:`DifferentiatesInside` for a call of ``func``."""
+    def again(self) -> NeedsAutograd:
+        """The same error, new (without the traceback, and the frames, of the first)."""
+        return NeedsAutograd(str(self), self.because)
+
+
+def differentiates_inside(func: Callable[..., Any]) -> NeedsAutograd:
+    """The error for a call of ``func``, one of :data:`_DIFFERENTIATING`."""
     name = "Tensor.backward" if func is Tensor.backward else f"torch.autograd.{func.__name__}"
-    return (
+    return NeedsAutograd(
         f"the function calls {name} (it differentiates inside itself), which jvpcli's fast "
-        "tangent rules cannot follow"
+        "tangent rules cannot follow",
+        "the function differentiates",
+    )
+
+
+def reads_autograd_state(attribute: str) -> NeedsAutograd:
+    """The error for a read of ``Tensor.<attribute>`` on a tensor that carries a tangent."""
+    return NeedsAutograd(
+        f"the function reads Tensor.{attribute} of a tensor computed from the inputs, which "
+        "jvpcli's fast tangent rules (grad mode off) would answer otherwise than "
+        "torch.autograd.functional.jvp",
+        "the function reads autograd's state",
     )
 
 
 class FastTangentRules(TorchFunctionMode):
     """While active, ops in the rule table skip PyTorch's zero-tangent work (see module doc).
 
-    A call that differentiates inside the function (:data:`_DIFFERENTIATING`) raises
-    :class:`DifferentiatesInside`, and sets :attr:`differentiated`, which stays set should the
-    function catch the error.
+    A call that differentiates inside the function (:data:`_DIFFERENTIATING`), or a read of
+    autograd's state on a tensor that carries a tangent (:data:`AUTOGRAD_STATE`), raises
+    :class:`NeedsAutograd`, and keeps it in :attr:`needs_autograd`, should the function catch it.
     """
 
     def __init__(
@@ -570,7 +603,10 @@ class FastTangentRules(TorchFunctionMode):
         self.level = level
         self._running: set[Callable[..., Any]] = set()
         self._traced_lookup = traced_lookup
-        self.differentiated = False
+        self.needs_autograd: NeedsAutograd | None = None
+        # Made with grad mode on (strict, create_graph: inputs that require grad), the function
+        # sees autograd's state as under torch.autograd.functional.jvp.
+        self._as_autograd = torch.is_grad_enabled()
 
     def __torch_function__(
         self, func: Callable[..., Any], types: tuple, args: tuple = (), kwargs: dict | None = None
@@ -625,8 +661,14 @@ class FastTangentRules(TorchFunctionMode):
     def _ruled(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         """``func`` through its rule, else its opened copy under the mode, else as it is."""
         if func in _DIFFERENTIATING:
-            self.differentiated = True
-            raise DifferentiatesInside(differentiates_inside(func))
+            self.needs_autograd = differentiates_inside(func)
+            raise self.needs_autograd.again()
+        attribute = AUTOGRAD_STATE.get(func)
+        if attribute is not None:
+            if not self._as_autograd and _split(args[0], self.level)[1] is not None:
+                self.needs_autograd = reads_autograd_state(attribute)
+                raise self.needs_autograd.again()
+            return func(*args)
         rule = _RULES.get(func)
         if rule is not None:
             result = rule(self.level, func, args, kwargs)

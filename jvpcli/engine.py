@@ -42,7 +42,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
-from jvpcli._tangent_rules import DifferentiatesInside, FastTangentRules, differentiates_inside
+from jvpcli._tangent_rules import FastTangentRules, NeedsAutograd
 
 __all__ = ["METHODS", "Fallback", "JvpInfo", "JvpResult", "jvp", "jvp_with_info"]
 
@@ -305,6 +305,7 @@ def run_jvp(
         _validate_v(v, inputs, is_inputs_tuple, batched_v)
 
     fallbacks: list[Fallback] = []
+    random_state = _RandomState()
     outcome = None
     note = None
     compile_seconds = None
@@ -333,6 +334,7 @@ def run_jvp(
                 lambda attempt: forward(func, inputs, v, create_graph, strict, attempt),
                 fallbacks,
                 batched_v,
+                random_state,
             )
         except (NotImplementedError, RuntimeError) as error:
             if method == "forward" or not _lacks_forward_rule(error):
@@ -342,6 +344,8 @@ def run_jvp(
             )
         # The failed attempt's traceback (and the activations its frames hold) is gone by here.
     if outcome is None:
+        if fallbacks:
+            random_state.restore()
         with _forward_friendly_kernels():
             outcome = _double_backward(func, inputs, v, create_graph, strict, batched_v)
         method_used = "double-backward"
@@ -585,21 +589,44 @@ def _incompatible_with_vmap(error: BaseException) -> bool:
     return "functorch transforms" in message or "vmap" in message or "Batching rule" in message
 
 
-def _needs_reverse_graph(error: BaseException) -> bool:
-    """Whether ``func`` failed because it differentiates internally with torch.autograd."""
-    if isinstance(error, DifferentiatesInside):
-        return True
+def _needs_reverse_graph(error: BaseException) -> str | None:
+    """Why ``func`` needs autograd's graph (a clause), if that is why it failed."""
+    if isinstance(error, NeedsAutograd):
+        return error.because
     message = str(error)
-    return (
+    if (
         "does not require grad and does not have a grad_fn" in message
         or _DISCARDED in message
         # torch.func.grad inside func, under strict mode's hooks that discard saved tensors
         or "don't yet support saved tensor hooks" in message
-    )
+    ):
+        return "the function differentiates"
+    return None
 
 
 # --------------------------------------------------------------------------------------------
 # Forward mode.
+
+
+class _RandomState:
+    """The random number generators' state (CPU, and CUDA once initialised) at its making.
+
+    Restored before ``func`` runs again (a fallback, the next direction one at a time), so that
+    each call draws the random numbers the first drew (dropout's masks): the results are those of
+    the function as called once, as by ``torch.autograd.functional.jvp``, and so is the state
+    after.
+    """
+
+    __slots__ = ("_cpu", "_cuda")
+
+    def __init__(self) -> None:
+        self._cpu = torch.get_rng_state()
+        self._cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+
+    def restore(self) -> None:
+        torch.set_rng_state(self._cpu)
+        if self._cuda is not None:
+            torch.cuda.set_rng_state_all(self._cuda)
 
 
 @dataclass(frozen=True)
@@ -616,10 +643,14 @@ def _forward_with_retries(
     compute: Callable[[_Attempt], tuple[bool, tuple[Tensor, ...], tuple[Tensor, ...]]],
     fallbacks: list[Fallback],
     batched: bool,
+    random_state: _RandomState,
 ) -> tuple[bool, tuple[Tensor, ...], tuple[Tensor, ...]]:
-    """Run ``compute`` in forward mode, retried with a workaround when it fails for want of one."""
+    """Run ``compute`` in forward mode, retried with a workaround when it fails for want of one
+    (with the random state ``func`` first ran with)."""
     attempt = _Attempt()
     while True:
+        if fallbacks:
+            random_state.restore()
         settings = contextlib.ExitStack()
         settings.enter_context(_forward_friendly_kernels())
         if attempt.onednn_off:
@@ -632,11 +663,11 @@ def _forward_with_retries(
             if not attempt.onednn_off and "mkldnn" in reason and _lacks_forward_rule(error):
                 attempt = replace(attempt, onednn_off=True)
                 remedy = "retried with oneDNN kernels off"
-            elif not attempt.record_graph and _needs_reverse_graph(error):
+            elif not attempt.record_graph and _needs_reverse_graph(error) is not None:
                 attempt = replace(attempt, record_graph=True)
                 remedy = (
                     "retried with inputs that require grad and PyTorch's own forward rules, as "
-                    "the function differentiates"
+                    + _needs_reverse_graph(error)
                 )
             elif batched and not attempt.one_direction and _incompatible_with_vmap(error):
                 attempt = replace(attempt, one_direction=True)
@@ -679,8 +710,8 @@ def _forward(
             rules = FastTangentRules(level)
             with rules:
                 raw_outputs = func(*duals)
-            if rules.differentiated:  # the function caught DifferentiatesInside
-                raise DifferentiatesInside(differentiates_inside())
+            if rules.needs_autograd is not None:  # the function caught NeedsAutograd
+                raise rules.needs_autograd.again()
         is_outputs_tuple, outputs = _as_tuple(raw_outputs, "outputs of the user-provided function")
         unpacked = _unpack_duals(outputs, level)
 
@@ -758,8 +789,8 @@ def _forward_batched(
         rules = FastTangentRules(fwAD._current_level)
         with rules:
             raw_outputs = func(*duals)
-        if rules.differentiated:
-            raise DifferentiatesInside(differentiates_inside())
+        if rules.needs_autograd is not None:
+            raise rules.needs_autograd.again()
         is_outputs_tuple, outputs = _as_tuple(raw_outputs, "outputs of the user-provided function")
         structure.append(is_outputs_tuple)
         return outputs
@@ -779,7 +810,14 @@ def _one_direction_at_a_time(
     compute: Callable[[tuple[Tensor, ...]], tuple[bool, tuple[Tensor, ...], tuple[Tensor, ...]]],
     v: tuple[Tensor, ...],
 ) -> tuple[bool, tuple[Tensor, ...], tuple[Tensor, ...]]:
-    per_direction = [compute(tuple(t[k] for t in v)) for k in range(v[0].size(0))]
+    """``compute`` along each direction, each from the same random state: the K directions are
+    those of one function (one dropout mask), whose ``func_output`` is the first call's."""
+    random_state = _RandomState()
+    per_direction = []
+    for k in range(v[0].size(0)):
+        if k:
+            random_state.restore()
+        per_direction.append(compute(tuple(t[k] for t in v)))
     is_outputs_tuple, outputs, _ = per_direction[0]
     tangents = tuple(
         torch.stack([tangents[i] for _, _, tangents in per_direction]) for i in range(len(outputs))

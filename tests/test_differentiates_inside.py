@@ -161,7 +161,8 @@ def test_jvp_of_a_function_that_differentiates_inside_matches_torch(make, flags,
     torch.testing.assert_close((result.func_output, result.jvp), expected, **_tolerance(dtype))
     assert result.jvp.abs().max() > 0  # the lost tangent was a zero, silently
     if result.info.method_used == "forward" and flags.get("method") != "double-backward":
-        assert "differentiates" in result.info.fallbacks[0].remedy
+        # (torch.autograd.functional reads requires_grad before it differentiates)
+        assert "PyTorch's own forward rules" in result.info.fallbacks[0].remedy
 
 
 @pytest.mark.parametrize("make", FUNCTIONS, ids=lambda make: make.__name__)
@@ -232,3 +233,143 @@ def test_gradient_without_create_graph_is_differentiated_in_forward_mode():
     torch.testing.assert_close(
         jvp(gradient, x, v, method="double-backward"), torch_jvp(gradient, x, v)
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# Functions that read autograd's state: forward mode's world (grad mode off, inputs that do not
+# require grad) would answer otherwise than torch.autograd.functional.jvp's, and the function
+# would take another branch, silently.
+
+
+def guarded_force(net):
+    """A force computed only when the positions require grad (zeros otherwise)."""
+
+    def f(x):
+        if x.requires_grad:
+            return -torch.autograd.grad(net(x).sum(), x, create_graph=True)[0]
+        return torch.zeros_like(x)
+
+    return f
+
+
+def branches_on_requires_grad(_):
+    return lambda x: x.sin() * (2.0 if x.sin().requires_grad else 3.0)
+
+
+def branches_on_grad_fn(_):
+    return lambda x: (x * x).tanh() if (x * 1).grad_fn is not None else x
+
+
+def branches_on_is_leaf(_):
+    return lambda x: x.exp() if not x.cos().is_leaf else x.sin()
+
+
+READERS = [guarded_force, branches_on_requires_grad, branches_on_grad_fn, branches_on_is_leaf]
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [*FLAGS, pytest.param({"compile": "aot_eager"}, id="compile")],
+)
+@pytest.mark.parametrize("make", READERS, ids=lambda make: make.__name__)
+def test_a_function_that_reads_autograds_state_sees_what_torch_shows_it(make, flags):
+    func = make(_net(torch.float64))
+    torch.manual_seed(5)
+    x, v = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
+    result = jvp_with_info(func, x, v, **flags)
+    torch.testing.assert_close((result.func_output, result.jvp), _oracle(func, x, v, **flags))
+    if result.info.method_used == "forward" and not (
+        flags.get("strict") or "create_graph" in flags
+    ):
+        assert any("autograd's state" in f.remedy for f in result.info.fallbacks)
+
+
+@pytest.mark.parametrize("make", READERS, ids=lambda make: make.__name__)
+def test_batched_directions_through_a_function_that_reads_autograds_state(make):
+    func = make(_net(torch.float64))
+    x = torch.randn(6, 4, dtype=torch.float64)
+    directions = torch.randn(3, 6, 4, dtype=torch.float64)
+    got = jvp(func, x, directions, batched_v=True)[1]
+    torch.testing.assert_close(got, torch.stack([_oracle(func, x, d)[1] for d in directions]))
+
+
+def test_reading_a_parameters_requires_grad_keeps_the_fast_rules():
+    # A parameter's requires_grad is the same in both worlds: nothing to rerun.
+    net = _net(torch.float64)
+
+    def scaled(x):
+        return net(x) * (2.0 if net[0].weight.requires_grad else 3.0)
+
+    x, v = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
+    result = jvp_with_info(scaled, x, v)
+    torch.testing.assert_close((result.func_output, result.jvp), _oracle(scaled, x, v))
+    assert result.info.fallbacks == ()
+
+
+# ------------------------------------------------------------------------------------------------
+# A function called again (a fallback, or one direction at a time) draws the random numbers its
+# first call drew: the result is that of the function called once, as PyTorch's.
+
+
+def _dropout_net():
+    torch.manual_seed(6)
+    return torch.nn.Sequential(
+        torch.nn.Linear(4, 32), torch.nn.Dropout(0.5), torch.nn.Tanh(), torch.nn.Linear(32, 1)
+    ).to(torch.float64)
+
+
+class _Cube(torch.autograd.Function):
+    """A custom Function without a jvp: forward mode fails on it, and auto falls back."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x**3
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 3 * x**2 * grad
+
+
+def _saliency_with_dropout(net):
+    def f(x):
+        with torch.enable_grad():
+            return torch.autograd.grad(net(x).sum(), x, create_graph=True)[0]
+
+    return f
+
+
+@pytest.mark.parametrize(
+    ("make", "method"),
+    [
+        pytest.param(_saliency_with_dropout, "auto", id="differentiates-inside"),
+        pytest.param(_saliency_with_dropout, "forward", id="differentiates-inside-forward"),
+        pytest.param(lambda net: lambda x: _Cube.apply(net(x)), "auto", id="double-backward"),
+    ],
+)
+def test_a_function_run_again_draws_the_random_numbers_of_its_first_run(make, method):
+    func = make(_dropout_net())
+    x, v = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
+    torch.manual_seed(7)
+    expected, after_torch = _oracle(func, x, v), torch.rand(3)
+    torch.manual_seed(7)
+    result = jvp_with_info(func, x, v, method=method)
+    assert result.info.fallbacks  # the function did run twice
+    torch.testing.assert_close((result.func_output, result.jvp), expected)
+    torch.testing.assert_close(torch.rand(3), after_torch)  # the state after one call
+
+
+def test_directions_one_at_a_time_share_one_dropout_mask():
+    net = _dropout_net()
+    x = torch.randn(6, 4, dtype=torch.float64)
+    directions = torch.randn(3, 6, 4, dtype=torch.float64)
+    torch.manual_seed(8)
+    result = jvp_with_info(net, x, directions, batched_v=True)  # vmap refuses randomness
+    expected = []
+    for direction in directions:
+        torch.manual_seed(8)
+        expected.append(_oracle(net, x, direction))
+    torch.testing.assert_close(result.func_output, expected[0][0])
+    torch.testing.assert_close(result.jvp, torch.stack([jvp for _, jvp in expected]))
+    assert "one direction at a time" in result.info.fallbacks[0].remedy
