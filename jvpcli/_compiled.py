@@ -153,15 +153,24 @@ def _refuse_custom_functions(func: Callable[..., object], primals: tuple[Tensor,
     Dynamo traces such a Function's ``forward`` into the graph and differentiates that, ignoring
     its ``jvp`` and ``backward`` (a straight-through estimator's derivative becomes 0): a wrong
     result, silently. One eager call with autograd's graph recorded finds them, by their nodes.
-    The same call finds reads of ``requires_grad``, ``grad_fn`` or ``is_leaf`` on the inputs and
-    what is computed from them, whose values dynamo would bake into the graph as forward mode
-    sees them (:class:`~jvpcli._tangent_rules.NeedsAutograd`): computed eagerly, the engine
-    reruns such a function as torch.autograd.functional.jvp would run it.
+    The same call finds reads of ``requires_grad``, whose values dynamo would bake into the graph
+    as forward mode sees them (:class:`~jvpcli._tangent_rules.NeedsAutograd`: computed eagerly,
+    the engine reruns such a function as torch.autograd.functional.jvp would run it), and draws
+    from torch's global random number generator, which inductor replaces with its own.
     """
     inputs = tuple(x.detach().requires_grad_() for x in primals)
+    reads = _AutogradStateReads()
+    random_state = torch.get_rng_state()
     with torch.enable_grad():
-        with _AutogradStateReads(inputs):
+        with reads:
             outputs = func(*inputs)
+        if reads.found is not None:
+            raise RuntimeError(reads.found)
+        if not torch.equal(torch.get_rng_state(), random_state):
+            raise RuntimeError(
+                "the function draws random numbers, which a compiled graph would draw otherwise "
+                "than the eager function (another dropout mask)"
+            )
         nodes = [t.grad_fn for t in pytree.tree_leaves(outputs) if isinstance(t, Tensor)]
         seen: set[int] = set()
         while nodes:
@@ -178,18 +187,23 @@ def _refuse_custom_functions(func: Callable[..., object], primals: tuple[Tensor,
 
 
 class _AutogradStateReads(TorchFunctionMode):
-    """Raises at a read of autograd's state on one of ``inputs`` or a tensor with a ``grad_fn``."""
+    """Finds the function's reads of autograd's state (``found``: the message, or None).
 
-    def __init__(self, inputs: tuple[Tensor, ...]) -> None:
+    Any read the function makes itself: the compiled graph would hold forward mode's answer, a
+    constant, where the engine's eager rules rerun the function when theirs is False. The read
+    raises; ``found`` stays set should the function catch the error."""
+
+    def __init__(self) -> None:
         super().__init__()
-        self._inputs = {id(x) for x in inputs}
+        self.found: str | None = None
 
     def __torch_function__(
         self, func: Callable[..., Any], types: tuple, args: tuple = (), kwargs: dict | None = None
     ) -> Any:
         attribute = AUTOGRAD_STATE.get(func)
-        if attribute is not None and (id(args[0]) in self._inputs or args[0].grad_fn is not None):
-            raise RuntimeError(str(reads_autograd_state(attribute)))
+        if attribute is not None:
+            self.found = str(reads_autograd_state(attribute))
+            raise RuntimeError(self.found)
         return func(*args, **(kwargs or {}))
 
 

@@ -464,13 +464,12 @@ _DIFFERENTIATING = frozenset({torch.autograd.grad, torch.autograd.backward, Tens
 """The calls by which a function differentiates inside itself (``torch.autograd.functional`` and
 ``torch.func.grad`` end in them too)."""
 
-AUTOGRAD_STATE = {
-    Tensor.requires_grad.__get__: "requires_grad",
-    Tensor.grad_fn.__get__: "grad_fn",
-    Tensor.is_leaf.__get__: "is_leaf",
-}
-"""The attributes whose value on a tensor computed from the inputs differs between the rules'
-world (grad mode off, inputs that do not require grad) and torch.autograd.functional.jvp's."""
+AUTOGRAD_STATE = {Tensor.requires_grad.__get__: "requires_grad"}
+"""The attributes of autograd's state watched: ``requires_grad`` is False on every tensor computed
+in the rules' world (grad mode off, inputs that do not require grad), where under
+torch.autograd.functional.jvp it says whether the tensor depends on the inputs or a parameter.
+(``grad_fn`` and ``is_leaf`` are not: the rerun would answer them otherwise for the inputs, which
+are views of the leaves there.)"""
 
 
 _ENTRIES: dict[Callable[..., Any], Callable[..., Any] | bool] = {}
@@ -545,9 +544,9 @@ class NeedsAutograd(RuntimeError):
     saliency map, a gradient penalty) needs tangents on what its own backward pass reads, the
     saved tensors, which the rules' saved tensors do not carry, and inputs that do not require
     grad make such functions detach them (as ``torch.autograd.functional``'s do): its tangent
-    would be lost, silently. A function that reads ``requires_grad``, ``grad_fn`` or ``is_leaf``
-    of a tensor computed from the inputs would read other values than under
-    ``torch.autograd.functional.jvp``, and may take another branch. The engine reruns either with
+    would be lost, silently. A function that reads ``requires_grad`` of a tensor it computed
+    would read False where under ``torch.autograd.functional.jvp`` it may read True, and may take
+    another branch. The engine reruns either with
     inputs that require grad and PyTorch's own forward rules, as that function sees them there.
 
     Attributes:
@@ -574,11 +573,10 @@ def differentiates_inside(func: Callable[..., Any]) -> NeedsAutograd:
 
 
 def reads_autograd_state(attribute: str) -> NeedsAutograd:
-    """The error for a read of ``Tensor.<attribute>`` on a tensor that carries a tangent."""
+    """The error for a read of ``Tensor.<attribute>`` that forward mode answers False."""
     return NeedsAutograd(
-        f"the function reads Tensor.{attribute} of a tensor computed from the inputs, which "
-        "jvpcli's fast tangent rules (grad mode off) would answer otherwise than "
-        "torch.autograd.functional.jvp",
+        f"the function reads Tensor.{attribute}, which jvpcli's fast tangent rules (grad mode "
+        "off) may answer otherwise than torch.autograd.functional.jvp",
         "the function reads autograd's state",
     )
 
@@ -587,7 +585,7 @@ class FastTangentRules(TorchFunctionMode):
     """While active, ops in the rule table skip PyTorch's zero-tangent work (see module doc).
 
     A call that differentiates inside the function (:data:`_DIFFERENTIATING`), or a read of
-    autograd's state on a tensor that carries a tangent (:data:`AUTOGRAD_STATE`), raises
+    autograd's state that the rules' world answers False (:data:`AUTOGRAD_STATE`), raises
     :class:`NeedsAutograd`, and keeps it in :attr:`needs_autograd`, should the function catch it.
     """
 
@@ -665,10 +663,14 @@ class FastTangentRules(TorchFunctionMode):
             raise self.needs_autograd.again()
         attribute = AUTOGRAD_STATE.get(func)
         if attribute is not None:
-            if not self._as_autograd and _split(args[0], self.level)[1] is not None:
+            value = func(*args)
+            # A False the function reads itself may be a True under PyTorch's jvp (a tensor
+            # computed from the inputs or a parameter); torch's own functions (repr, deepcopy,
+            # the checks of nn's fast paths) compute the same either way.
+            if not (value or self._as_autograd or self._running):
                 self.needs_autograd = reads_autograd_state(attribute)
                 raise self.needs_autograd.again()
-            return func(*args)
+            return value
         rule = _RULES.get(func)
         if rule is not None:
             result = rule(self.level, func, args, kwargs)

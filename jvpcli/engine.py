@@ -324,6 +324,7 @@ def run_jvp(
                         compile,
                     )
             except Exception as error:  # any failure to trace or compile: computed eagerly
+                _close_dual_level_left_open()
                 fallbacks.append(Fallback(COMPILED, _first_line(error), "computed eagerly instead"))
     if method == "auto" and create_graph:
         note = _CREATE_GRAPH_NOTE
@@ -369,6 +370,20 @@ def run_jvp(
 COMPILED = "forward (compiled)"
 """``JvpInfo.method_used`` of a product computed by a compiled function, and the ``method`` of a
 :class:`Fallback` for a compile that was not used."""
+
+
+def _close_dual_level_left_open() -> None:
+    """Close the forward AD level a failed trace left open in C++ (fwAD's own record says none
+    is open: the level was entered by the trace), without which every later forward-mode call in
+    the process would fail ("Nested forward mode AD is not supported")."""
+    if fwAD._current_level >= 0:
+        return  # a level of the caller's, open on purpose
+    try:
+        level = torch._C._enter_dual_level()
+    except RuntimeError:  # one is open, and only one can be: level 0
+        torch._C._exit_dual_level(level=0)
+    else:
+        torch._C._exit_dual_level(level=level)
 
 
 def _not_compiled_because(create_graph: bool, strict: bool, method: str) -> str | None:
@@ -601,6 +616,11 @@ def _needs_reverse_graph(error: BaseException) -> str | None:
         or "don't yet support saved tensor hooks" in message
     ):
         return "the function differentiates"
+    if (
+        "cannot register a hook on a tensor that doesn't require gradient" in message
+        or "can't retain_grad on Tensor that has requires_grad=False" in message
+    ):
+        return "the function uses autograd's graph (a hook, retain_grad)"
     return None
 
 

@@ -12,6 +12,8 @@ torch.func.functional_call.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch.autograd.functional import jvp as torch_jvp
@@ -256,15 +258,37 @@ def branches_on_requires_grad(_):
     return lambda x: x.sin() * (2.0 if x.sin().requires_grad else 3.0)
 
 
-def branches_on_grad_fn(_):
-    return lambda x: (x * x).tanh() if (x * 1).grad_fn is not None else x
+def branches_on_a_parameters_product(net):
+    """A tensor computed from a parameter alone requires grad under PyTorch's jvp too."""
+    return lambda x: net(x) * (2.0 if (net[0].weight * 2).requires_grad else 3.0)
 
 
-def branches_on_is_leaf(_):
-    return lambda x: x.exp() if not x.cos().is_leaf else x.sin()
+def branches_on_a_tensor_made_to_require_grad(_):
+    def f(x):
+        scale = torch.ones((), dtype=x.dtype, requires_grad=True) * 2
+        return x.exp() if scale.requires_grad else x.sin()
+
+    return f
 
 
-READERS = [guarded_force, branches_on_requires_grad, branches_on_grad_fn, branches_on_is_leaf]
+def catches_what_the_read_raises(_):
+    def f(x):
+        try:
+            requires = (x * 2).requires_grad
+        except RuntimeError:
+            requires = True
+        return x.exp() if requires else x.sin()
+
+    return f
+
+
+READERS = [
+    guarded_force,
+    branches_on_requires_grad,
+    branches_on_a_parameters_product,
+    branches_on_a_tensor_made_to_require_grad,
+    catches_what_the_read_raises,
+]
 
 
 @pytest.mark.parametrize(
@@ -293,17 +317,87 @@ def test_batched_directions_through_a_function_that_reads_autograds_state(make):
     torch.testing.assert_close(got, torch.stack([_oracle(func, x, d)[1] for d in directions]))
 
 
-def test_reading_a_parameters_requires_grad_keeps_the_fast_rules():
-    # A parameter's requires_grad is the same in both worlds: nothing to rerun.
-    net = _net(torch.float64)
+def _scaled_by_a_parameters_flag(net):
+    # A parameter that requires grad reads True in both worlds: nothing to rerun.
+    return lambda x: net(x) * (2.0 if net[0].weight.requires_grad else 3.0)
 
-    def scaled(x):
-        return net(x) * (2.0 if net[0].weight.requires_grad else 3.0)
 
+def _printed(net):
+    def f(x):
+        y = net(x)
+        print(y, repr(y.sin()))  # torch's repr reads grad_fn and requires_grad
+        return y
+
+    return f
+
+
+def _deep_copied(net):
+    return lambda x: copy.deepcopy(x) * net(x)
+
+
+@pytest.mark.parametrize(
+    "make", [_scaled_by_a_parameters_flag, _printed, _deep_copied], ids=lambda m: m.__name__
+)
+def test_reads_that_agree_in_both_worlds_keep_the_fast_rules(make, capsys):
+    func = make(_net(torch.float64))
     x, v = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
-    result = jvp_with_info(scaled, x, v)
-    torch.testing.assert_close((result.func_output, result.jvp), _oracle(scaled, x, v))
+    result = jvp_with_info(func, x, v)
     assert result.info.fallbacks == ()
+    torch.testing.assert_close((result.func_output, result.jvp), _oracle(func, x, v))
+
+
+def test_compiled_jvp_of_a_random_function_is_computed_eagerly():
+    net = _dropout_net()
+    x, v = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
+    torch.manual_seed(9)
+    expected, after_torch = _oracle(net, x, v), torch.rand(3)
+    for backend in (True, "aot_eager"):
+        torch.manual_seed(9)
+        result = jvp_with_info(net, x, v, compile=backend)
+        assert "draws random numbers" in result.info.fallbacks[0].reason
+        torch.testing.assert_close((result.func_output, result.jvp), expected)
+        torch.testing.assert_close(torch.rand(3), after_torch)
+
+
+def _hooked(net):
+    def f(x):
+        y = net(x)
+        y.register_hook(lambda grad: grad)
+        return y
+
+    return f
+
+
+def _retains_grad(net):
+    def f(x):
+        y = net(x)
+        y.retain_grad()
+        return y.tanh()
+
+    return f
+
+
+@pytest.mark.parametrize("flags", FLAGS)
+@pytest.mark.parametrize("make", [_hooked, _retains_grad], ids=lambda m: m.__name__)
+def test_a_function_that_hooks_into_autograds_graph_runs(make, flags):
+    func = make(_net(torch.float64))
+    x, v = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
+    result = jvp_with_info(func, x, v, **flags)
+    torch.testing.assert_close((result.func_output, result.jvp), _oracle(func, x, v, **flags))
+
+
+def test_a_failed_trace_leaves_no_forward_ad_level_open():
+    def hooked(x):  # dynamo fails on the hook half-way through the compiled function's level
+        y = x * 2
+        y.register_hook(lambda grad: grad)
+        return y * x
+
+    x, v = torch.randn(5, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    result = jvp_with_info(hooked, x, v, compile="aot_eager")
+    torch.testing.assert_close((result.func_output, result.jvp), _oracle(hooked, x, v))
+    with torch.autograd.forward_ad.dual_level():  # "Nested forward mode AD" if one was left
+        pass
+    assert jvp_with_info(torch.sin, x, v, method="forward").info.method_used == "forward"
 
 
 # ------------------------------------------------------------------------------------------------
