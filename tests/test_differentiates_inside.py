@@ -16,6 +16,7 @@ import copy
 
 import pytest
 import torch
+from test_engine_batched import Cube  # a custom Function without a jvp: auto falls back
 from torch.autograd.functional import jvp as torch_jvp
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -412,20 +413,6 @@ def _dropout_net():
     ).to(torch.float64)
 
 
-class _Cube(torch.autograd.Function):
-    """A custom Function without a jvp: forward mode fails on it, and auto falls back."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x**3
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return 3 * x**2 * grad
-
-
 def _saliency_with_dropout(net):
     def f(x):
         with torch.enable_grad():
@@ -439,7 +426,7 @@ def _saliency_with_dropout(net):
     [
         pytest.param(_saliency_with_dropout, "auto", id="differentiates-inside"),
         pytest.param(_saliency_with_dropout, "forward", id="differentiates-inside-forward"),
-        pytest.param(lambda net: lambda x: _Cube.apply(net(x)), "auto", id="double-backward"),
+        pytest.param(lambda net: lambda x: Cube.apply(net(x)), "auto", id="double-backward"),
     ],
 )
 def test_a_function_run_again_draws_the_random_numbers_of_its_first_run(make, method):
