@@ -129,8 +129,10 @@ def forward(
     try:
         if not entry.compiled_once:
             random_state = _RandomState()
-            _refuse_custom_functions(func, primals)
-            random_state.restore()  # the compiled call draws what the function would have
+            try:
+                _refuse_what_a_graph_gets_wrong(func, primals, random_state)
+            finally:
+                random_state.restore()  # the probe's draws are not the function's
         torch._C._set_grad_enabled(False)  # torch.no_grad, without its Python frames
         outputs, jvps = entry.compiled(func, primals, tangents)
     except Exception as error:
@@ -147,8 +149,11 @@ def forward(
     return outputs, jvps, compile_seconds
 
 
-def _refuse_custom_functions(func: Callable[..., object], primals: tuple[Tensor, ...]) -> None:
-    """Raise if ``func`` calls a custom ``torch.autograd.Function``, or reads autograd's state.
+def _refuse_what_a_graph_gets_wrong(
+    func: Callable[..., object], primals: tuple[Tensor, ...], random_state: _RandomState
+) -> None:
+    """Raise if ``func`` calls a custom ``torch.autograd.Function``, reads autograd's state, or
+    draws random numbers (``random_state``: the generators' state before the call).
 
     Dynamo traces such a Function's ``forward`` into the graph and differentiates that, ignoring
     its ``jvp`` and ``backward`` (a straight-through estimator's derivative becomes 0): a wrong
@@ -160,13 +165,12 @@ def _refuse_custom_functions(func: Callable[..., object], primals: tuple[Tensor,
     """
     inputs = tuple(x.detach().requires_grad_() for x in primals)
     reads = _AutogradStateReads()
-    random_state = torch.get_rng_state()
     with torch.enable_grad():
         with reads:
             outputs = func(*inputs)
         if reads.found is not None:
             raise RuntimeError(reads.found)
-        if not torch.equal(torch.get_rng_state(), random_state):
+        if random_state.drawn():
             raise RuntimeError(
                 "the function draws random numbers, which a compiled graph would draw otherwise "
                 "than the eager function (another dropout mask)"

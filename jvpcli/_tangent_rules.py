@@ -546,8 +546,8 @@ class NeedsAutograd(RuntimeError):
     grad make such functions detach them (as ``torch.autograd.functional``'s do): its tangent
     would be lost, silently. A function that reads ``requires_grad`` of a tensor it computed
     would read False where under ``torch.autograd.functional.jvp`` it may read True, and may take
-    another branch. The engine reruns either with
-    inputs that require grad and PyTorch's own forward rules, as that function sees them there.
+    another branch. The engine reruns either with inputs that require grad and PyTorch's own
+    forward rules, as that function sees them there.
 
     Attributes:
         because: why the engine reruns the function, in a clause ("the function differentiates").

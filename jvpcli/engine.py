@@ -648,6 +648,15 @@ class _RandomState:
         if self._cuda is not None:
             torch.cuda.set_rng_state_all(self._cuda)
 
+    def drawn(self) -> bool:
+        """Whether random numbers were drawn since (the generators' state moved)."""
+        if not torch.equal(torch.get_rng_state(), self._cpu):
+            return True
+        if self._cuda is None:
+            return False
+        now = torch.cuda.get_rng_state_all()
+        return any(not torch.equal(a, b) for a, b in zip(now, self._cuda, strict=True))
+
 
 @dataclass(frozen=True)
 class _Attempt:
@@ -683,11 +692,11 @@ def _forward_with_retries(
             if not attempt.onednn_off and "mkldnn" in reason and _lacks_forward_rule(error):
                 attempt = replace(attempt, onednn_off=True)
                 remedy = "retried with oneDNN kernels off"
-            elif not attempt.record_graph and _needs_reverse_graph(error) is not None:
+            elif not attempt.record_graph and (because := _needs_reverse_graph(error)):
                 attempt = replace(attempt, record_graph=True)
                 remedy = (
                     "retried with inputs that require grad and PyTorch's own forward rules, as "
-                    + _needs_reverse_graph(error)
+                    + because
                 )
             elif batched and not attempt.one_direction and _incompatible_with_vmap(error):
                 attempt = replace(attempt, one_direction=True)
