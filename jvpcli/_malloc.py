@@ -17,7 +17,8 @@ That trade suits a process that computes and exits, so ``jvpcli compute`` and ``
 behind its back (the README's Performance section gives the variables that do the same). A process
 that has chosen already is left as it is: ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
 ``MALLOC_TOP_PAD_`` or ``MALLOC_MMAP_MAX_`` set, or the same tunables in ``GLIBC_TUNABLES``,
-another allocator in ``LD_PRELOAD`` (jemalloc, tcmalloc, mimalloc), or ``JVPCLI_MALLOC=default``.
+another allocator in ``LD_PRELOAD`` (jemalloc, tcmalloc, mimalloc), or ``JVPCLI_MALLOC=default``
+(``tuned``, empty or unset: jvpcli's thresholds; any other value is an error).
 Elsewhere than on glibc, nothing is done.
 """
 
@@ -41,9 +42,21 @@ _THRESHOLDS = ("MMAP_THRESHOLD", "TRIM_THRESHOLD", "TOP_PAD", "MMAP_MAX")
 
 
 def chosen_already(environ: Mapping[str, str] = os.environ) -> str | None:
-    """The setting by which the process chose its allocator's thresholds already, or None."""
-    if environ.get("JVPCLI_MALLOC", "").strip().lower() == "default":
+    """The setting by which the process chose its allocator's thresholds already, or None.
+
+    Raises:
+        ConfigError: ``JVPCLI_MALLOC`` is set to something else than ``default`` or ``tuned``.
+    """
+    choice = environ.get("JVPCLI_MALLOC", "").strip().lower() or "tuned"
+    if choice == "default":
         return "JVPCLI_MALLOC=default"
+    if choice != "tuned":
+        from jvpcli.errors import ConfigError
+
+        raise ConfigError(
+            f"JVPCLI_MALLOC is {environ['JVPCLI_MALLOC']!r}: set it to 'default' (glibc's own "
+            "allocator thresholds) or 'tuned' (jvpcli's, the default), or unset it."
+        )
     for name in _THRESHOLDS:
         if f"MALLOC_{name}_" in environ:
             return f"MALLOC_{name}_"

@@ -316,7 +316,6 @@ def compute(
     check, fail_on_nonfinite): a run whose results fail a check fails (exit 1).
     """
     stdout, stderr = _consoles()
-    tune_malloc()
     record = _Record(config, shard, update_golden)
     named: dict[str, Any] = {
         "function": function,
@@ -334,6 +333,7 @@ def compute(
     ray_options = {"--ray-address": ray_address, "--max-retries": max_retries}
     ray_options["--ray-upload"] = ray_upload or None
     with _reporting(stdout, stderr, json_, debug, payload), contextlib.ExitStack() as stack:
+        tune_malloc()
         if junit_xml is not None:
             from jvpcli.runner.planning import check_writable
 
@@ -780,8 +780,8 @@ def bench(
     overlap) and warns when a candidate's rounds disagree by more than 20%. Writes nothing.
     """
     stdout, stderr = _consoles()
-    tune_malloc()  # as compute does: bench times what compute runs
     with _reporting(stdout, stderr, json_, debug, {"runs": []}):
+        tune_malloc()  # as compute does: bench times what compute runs
         sweep = load_sweep(config, _overrides(set_))
         from jvpcli.runner import WorkerCache, bench_run, plan_runs
 

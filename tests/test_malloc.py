@@ -153,3 +153,30 @@ def test_the_cli_runs_user_functions_with_the_thresholds_fixed(tmp_path: Path, c
 
     assert faults() < PAGES_CHURNED // 100
     assert faults(JVPCLI_MALLOC="default") > PAGES_CHURNED // 2
+
+
+@pytest.mark.parametrize("value", ["off", "0", "glibc", "\u00e9"])
+def test_an_unknown_jvpcli_malloc_is_one_clear_error_and_writes_nothing(tmp_path: Path, value):
+    save_file({"x": torch.ones(2)}, tmp_path / "x.safetensors")
+    files = ["--inputs", "x.safetensors", "--v", "x.safetensors", "--output", "out.safetensors"]
+    done = subprocess.run(
+        [sys.executable, "-m", "jvpcli", "compute", "--function", "torch:sin", *files],
+        cwd=tmp_path,
+        env=_environment(JVPCLI_MALLOC=value),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: JVPCLI_MALLOC is {value!r}: set it to 'default'")
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+@pytest.mark.parametrize("value", ["", "  ", "tuned", "TUNED"])
+def test_an_empty_or_tuned_jvpcli_malloc_tunes(value):
+    tuned, faults = _python(
+        "from jvpcli import _malloc; print(_malloc.tune(), churn_faults())", JVPCLI_MALLOC=value
+    )
+    assert tuned == "True"
+    assert int(faults) < PAGES_CHURNED // 100
