@@ -159,7 +159,9 @@ def outside_compilers(entry: str) -> Callable[[Callable[..., _R]], Callable[...,
                 # error makes it run this frame eagerly (or, with fullgraph=True, says why not).
                 raise RuntimeError(message)
             if _eval_frame_callback() is None:
-                return checked(*args, **kwargs)
+                if torch.compiler.is_exporting():
+                    raise RuntimeError(message)
+                return func(*args, **kwargs)
             if not disabled:
                 disabled.append(torch.compiler.disable(checked, recursive=True, reason=message))
             return disabled[0](*args, **kwargs)
@@ -305,7 +307,6 @@ def run_jvp(
         _validate_v(v, inputs, is_inputs_tuple, batched_v)
 
     fallbacks: list[Fallback] = []
-    random_state = _RandomState()
     outcome = None
     note = None
     compile_seconds = None
@@ -326,32 +327,14 @@ def run_jvp(
             except Exception as error:  # any failure to trace or compile: computed eagerly
                 _close_dual_level_left_open()
                 fallbacks.append(Fallback(COMPILED, _first_line(error), "computed eagerly instead"))
-    if method == "auto" and create_graph:
-        note = _CREATE_GRAPH_NOTE
-    elif outcome is None and method in ("auto", "forward"):
-        forward = _forward_batched if batched_v else _forward
-        try:
-            outcome = _forward_with_retries(
-                lambda attempt: forward(func, inputs, v, create_graph, strict, attempt),
-                fallbacks,
-                batched_v,
-                random_state,
-            )
-        except (NotImplementedError, RuntimeError) as error:
-            if method == "forward" or not _lacks_forward_rule(error):
-                raise
-            fallbacks.append(
-                Fallback("forward", _first_line(error), "computed with double-backward instead")
-            )
-        # The failed attempt's traceback (and the activations its frames hold) is gone by here.
-    if outcome is None:
-        if fallbacks:
-            random_state.restore()
-        with _forward_friendly_kernels():
-            outcome = _double_backward(func, inputs, v, create_graph, strict, batched_v)
-        method_used = "double-backward"
+    if outcome is not None:
+        method_used = COMPILED
     else:
-        method_used = "forward" if compile_seconds is None else COMPILED
+        if method == "auto" and create_graph:
+            note = _CREATE_GRAPH_NOTE
+        outcome, method_used = _compute_eagerly(
+            func, inputs, v, create_graph, strict, method, batched_v, fallbacks
+        )
 
     is_outputs_tuple, outputs, tangents = outcome
     info = JvpInfo(
@@ -362,6 +345,43 @@ def run_jvp(
         _tuple_postprocess(tangents, is_outputs_tuple),
         info,
     )
+
+
+def _compute_eagerly(
+    func: Callable[..., TensorOrTuple],
+    inputs: tuple[Tensor, ...],
+    v: tuple[Tensor, ...],
+    create_graph: bool,
+    strict: bool,
+    method: str,
+    batched_v: bool,
+    fallbacks: list[Fallback],
+) -> tuple[tuple[bool, tuple[Tensor, ...], tuple[Tensor, ...]], str]:
+    """The product without compiling, and the method that computed it: forward mode with its
+    retries, else double backward (appending to ``fallbacks`` what was tried)."""
+    # Taken here, not before a compiled call: a compiled function draws no random numbers (its
+    # probe refuses those that do), and the snapshot would cost a small compiled call ~10%.
+    random_state = _RandomState()
+    if method == "forward" or (method == "auto" and not create_graph):
+        forward = _forward_batched if batched_v else _forward
+        try:
+            return _forward_with_retries(
+                lambda attempt: forward(func, inputs, v, create_graph, strict, attempt),
+                fallbacks,
+                batched_v,
+                random_state,
+            ), "forward"
+        except (NotImplementedError, RuntimeError) as error:
+            if method == "forward" or not _lacks_forward_rule(error):
+                raise
+            fallbacks.append(
+                Fallback("forward", _first_line(error), "computed with double-backward instead")
+            )
+        # The failed attempt's traceback (and the activations its frames hold) is gone by here.
+    if fallbacks:
+        random_state.restore()
+    with _forward_friendly_kernels():
+        return _double_backward(func, inputs, v, create_graph, strict, batched_v), "double-backward"
 
 
 # --------------------------------------------------------------------------------------------
@@ -868,7 +888,8 @@ def _check_inputs_unmodified(primals: tuple[Tensor, ...], versions: list[int]) -
 def _dual_ready(primals: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
     """Primals that can carry a tangent: an expanded tensor (a stride of 0) cannot, as its
     tangent would be written in its layout, so it is materialised."""
-    return tuple(x.contiguous() if _is_expanded(x) else x for x in primals)
+    # A contiguous tensor has no stride of 0 over more than one element: checked first, in C.
+    return tuple(x if x.is_contiguous() or not _is_expanded(x) else x.contiguous() for x in primals)
 
 
 def _is_expanded(x: Tensor) -> bool:

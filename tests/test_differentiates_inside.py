@@ -429,13 +429,16 @@ def _saliency_with_dropout(net):
         pytest.param(lambda net: lambda x: Cube.apply(net(x)), "auto", id="double-backward"),
     ],
 )
-def test_a_function_run_again_draws_the_random_numbers_of_its_first_run(make, method):
+@pytest.mark.parametrize("compile", [False, "aot_eager"])
+def test_a_function_run_again_draws_the_random_numbers_of_its_first_run(make, method, compile):
+    # With compile, the compiler's probe runs the function first: the eager runs after it start
+    # from the state the function was called with all the same.
     func = make(_dropout_net())
     x, v = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
     torch.manual_seed(7)
     expected, after_torch = _oracle(func, x, v), torch.rand(3)
     torch.manual_seed(7)
-    result = jvp_with_info(func, x, v, method=method)
+    result = jvp_with_info(func, x, v, method=method, compile=compile)
     assert result.info.fallbacks  # the function did run twice
     torch.testing.assert_close((result.func_output, result.jvp), expected)
     torch.testing.assert_close(torch.rand(3), after_torch)  # the state after one call
