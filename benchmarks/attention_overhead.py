@@ -9,7 +9,10 @@ one process) and reported as the median / min / max over rounds of the per-round
   ``jvpcli.jvp`` against the layer's own (fused, fast-path) forward under ``no_grad``;
 - ``tiny ops``: 200 tiny elementwise ops (``sin``, ``* 0.9``, ``+ 0.1``) on 64 values,
   ``jvpcli.jvp`` against hand-written forward AD (``fwAD.dual_level``, ``make_dual``,
-  ``unpack_dual``) and against the plain forward;
+  ``unpack_dual``) and against the plain forward; and, for the floor of jvpcli's design, the same
+  ops written with the ATen Scalar overloads that jvpcli's rules call (forward AD's lean path: no
+  mode), then under an empty ``TorchFunctionMode`` (what any Python mode costs before it does
+  anything);
 - ``overhead``: one ``x.sin()`` on 64 values, where the difference between ``jvpcli.jvp`` and
   hand-written forward AD is jvpcli's fixed cost per call (reported in microseconds).
 """
@@ -23,6 +26,7 @@ from collections.abc import Callable
 
 import torch
 import torch.autograd.forward_ad as fwAD
+from torch.overrides import TorchFunctionMode
 
 from jvpcli import jvp
 
@@ -40,6 +44,25 @@ def _tiny_ops(x: torch.Tensor) -> torch.Tensor:
     for _ in range(200):
         x = torch.sin(x) * 0.9 + 0.1
     return x
+
+
+def _tiny_ops_scalar_overloads(x: torch.Tensor) -> torch.Tensor:
+    mul, add = torch.ops.aten.mul.Scalar, torch.ops.aten.add.Scalar
+    for _ in range(200):
+        x = add(mul(torch.sin(x), 0.9), 0.1)
+    return x
+
+
+class _EmptyMode(TorchFunctionMode):
+    def __torch_function__(
+        self, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None
+    ) -> object:
+        return func(*args, **(kwargs or {}))
+
+
+def _under_empty_mode(x: torch.Tensor) -> torch.Tensor:
+    with _EmptyMode():
+        return _tiny_ops_scalar_overloads(x)
 
 
 def _interleaved(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
@@ -90,6 +113,8 @@ def overhead(rounds: int) -> None:
         {
             "forward": lambda: _tiny_ops(x),
             "hand-written": _hand_written(_tiny_ops, x, v),
+            "Scalar overloads": _hand_written(_tiny_ops_scalar_overloads, x, v),
+            "empty mode": _hand_written(_under_empty_mode, x, v),
             "jvp": lambda: jvp(_tiny_ops, x, v),
         },
         rounds,
@@ -102,6 +127,12 @@ def overhead(rounds: int) -> None:
         f"                                    jvp / forward        "
         f"{_spread(_ratios(tiny, 'jvp', 'forward'))}"
     )
+    # The floor of a Python mode's design: forward AD alone, then under a mode that does nothing.
+    for name in ("Scalar overloads", "empty mode"):
+        print(
+            f"                                    {name + ' / forward':20s} "
+            f"{_spread(_ratios(tiny, name, 'forward'))}"
+        )
     calls = {"hand-written": _hand_written(torch.sin, x, v), "jvp": lambda: jvp(torch.sin, x, v)}
     # One op is a few microseconds: time batches of calls, so that the clock's own cost is noise.
     batched = {

@@ -1,6 +1,6 @@
 """oneDNN's matmul, where it beats the one ``torch.mm`` / ``F.linear`` call (MKL's) on CPU.
 
-On this project's machine (AMD EPYC, 2 cores) oneDNN's float32 matmul runs at 0.65-0.85x the
+On this project's machine (AMD EPYC, 2 cores) oneDNN's float32 matmul runs at 0.56-0.94x the
 time of MKL's for a weight of 2^17 values or more (``python benchmarks/matmul.py`` prints the grid),
 and PyTorch's fused LSTM forward uses it too. The rules use it for products they compute with grad
 mode off (it has no autograd formula) outside functorch transforms (no batching rule) and outside
