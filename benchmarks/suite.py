@@ -13,12 +13,14 @@ forward-AD level still open, which would fail or slow every later workload): one
 round, the order rotated from round to round, after warm-up rounds. Each cell is the
 contender's time as a multiple of the forward pass, round by round (so that a slow spell of the
 machine, which hits both, cancels out), given as the median and the range (fastest-slowest
-round). The number of rounds adapts to the noise: at least --rounds, then more until every
-cell's median is known to within --precision (a box plot's notch: an approximate 95% interval,
-1.57 x IQR / sqrt(rounds)) or --budget seconds of rounds are spent. A compiled contender's
-first call (compiling it) is reported apart, as its compile time, and timed no further than
-any other warm-up call; each process first compiles a trivial function, so that no workload's
-compile time carries inductor's start-up.
+round). The number of rounds adapts to the noise: at least --rounds, and at least
+--min-seconds of them (so that they span more than one of the slow or quiet spells of a shared
+machine, which last seconds: a few rounds inside one agree with each other but not with the next
+run), then more until every cell's median is known to within --precision (a box plot's notch: an
+approximate 95% interval, 1.57 x IQR / sqrt(rounds)) or --budget seconds of rounds are spent. A
+compiled contender's first call (compiling it) is reported apart, as its compile time, and timed
+no further than any other warm-up call; each process first compiles a trivial function, so that
+no workload's compile time carries inductor's start-up.
 
 Memory: each (workload, contender) pair runs in a fresh process, with glibc's allocator pinned
 (MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ at 128 KiB). Unpinned, glibc raises its mmap
@@ -395,6 +397,7 @@ class Settings:
     budget: float
     precision: float
     compile: bool
+    min_seconds: float = 0.0
 
 
 def time_workload(workload: Workload, settings: Settings) -> dict[str, Timing]:
@@ -413,6 +416,7 @@ def time_workload(workload: Workload, settings: Settings) -> dict[str, Timing]:
         warmup=settings.warmup,
         budget=settings.budget,
         precision=settings.precision,
+        min_seconds=settings.min_seconds,
     )
 
 
@@ -673,8 +677,9 @@ def header(settings: Settings) -> dict:
         + "); memory probes with "
         + " ".join(f"{k}={v}" for k, v in PINNED_ALLOCATOR.items()),
         "rounds": f"interleaved, order rotated, {settings.warmup} warm-up; at least "
-        f"{settings.rounds} timed, then more until every median ratio is known to "
-        f"+-{settings.precision:.0%} (95%) or {settings.budget:g} s of rounds are spent",
+        f"{settings.rounds} timed and {settings.min_seconds:g} s of them, then more until every "
+        f"median ratio is known to +-{settings.precision:.0%} (95%) or {settings.budget:g} s of "
+        "rounds are spent",
         "compiled": "not run"
         if not settings.compile
         else f"{FUNC_COMPILED}; {JVPCLI_COMPILED}: "
@@ -706,6 +711,12 @@ def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="jvpcli vs PyTorch's JVP APIs.")
     parser.add_argument(
         "--rounds", type=int, default=7, help="timed rounds at least, per workload (7)"
+    )
+    parser.add_argument(
+        "--min-seconds",
+        type=float,
+        default=10.0,
+        help="seconds of timed rounds at least, per workload (10)",
     )
     parser.add_argument(
         "--budget",
@@ -754,7 +765,9 @@ def main() -> None:
         settings = Settings(2, 1, 0.0, args.precision, bool(args.compile))
     else:
         compiled = args.compile is None or args.compile
-        settings = Settings(args.rounds, args.warmup, args.budget, args.precision, compiled)
+        settings = Settings(
+            args.rounds, args.warmup, args.budget, args.precision, compiled, args.min_seconds
+        )
 
     console = Console(width=max(Console().width, 240))  # tables stay whole in logs and pipes
     report: dict = {"header": header(settings), "workloads": {}}

@@ -171,12 +171,17 @@ def compare(
     budget: float = 0.0,
     precision: float = 0.03,
     max_rounds: int = 1000,
+    min_seconds: float = 0.0,
 ) -> dict[str, Timing]:
     """Time the calls interleaved: ``warmup`` untimed rounds, then ``repeats`` timed ones, then
-    (while the timed rounds have taken less than ``budget`` seconds and fewer than
-    ``max_rounds`` ran) more, until every candidate's median is known to within ``precision``
-    (:attr:`Timing.uncertainty`; of its ratio to the forward pass where there is one, since
-    that is what is reported).
+    more while the timed rounds have taken less than ``min_seconds``, then (while they have
+    taken less than ``budget`` seconds) more until every candidate's median is known to within
+    ``precision`` (:attr:`Timing.uncertainty`; of its ratio to the forward pass where there is
+    one, since that is what is reported); never more than ``max_rounds`` timed rounds.
+
+    ``min_seconds`` spreads the rounds over time: a shared machine's slow and quiet spells last
+    seconds, and a few rounds taken inside one of them agree with each other (a precise median)
+    but not with the next run.
 
     A call that raises is timed no further; its Timing carries the error instead.
     """
@@ -187,9 +192,11 @@ def compare(
     timed_seconds = 0.0
     round_index = 0
     while round_index < warmup + repeats or (
-        timed_seconds < budget
-        and round_index < warmup + max_rounds
-        and not _precise(times, errors, precision)
+        round_index < warmup + max_rounds
+        and (
+            timed_seconds < min_seconds
+            or (timed_seconds < budget and not _precise(times, errors, precision))
+        )
     ):
         shift = round_index % len(names)
         round_start = time.perf_counter()

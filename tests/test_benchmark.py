@@ -155,6 +155,20 @@ def test_compare_samples_imprecise_medians_until_the_budget_is_spent(clock):
     assert len(capped["noisy"].times) == 7
 
 
+def test_compare_samples_precise_medians_until_the_minimum_time_is_spent(clock):
+    # Precise after 5 rounds of 3 s, but 30 s of rounds are asked for: 10 rounds, not more.
+    calls = {FORWARD: clock.call([1.0] * 100), "steady": clock.call([2.0] * 100)}
+    timings = compare(calls, repeats=5, warmup=1, budget=1e9, precision=0.03, min_seconds=30.0)
+    assert len(timings["steady"].times) == 10
+    capped = compare(
+        {FORWARD: clock.call([1.0] * 100), "steady": clock.call([2.0] * 100)},
+        repeats=3,
+        min_seconds=1e9,
+        max_rounds=7,
+    )
+    assert len(capped["steady"].times) == 7
+
+
 def test_compare_rotates_the_order_from_round_to_round():
     order = []
     calls = {name: (lambda name=name: order.append(name)) for name in "abc"}
