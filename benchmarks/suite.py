@@ -22,6 +22,13 @@ compiled contender's first call (compiling it) is reported apart, as its compile
 no further than any other warm-up call; each process first compiles a trivial function, so that
 no workload's compile time carries inductor's start-up.
 
+Allocator: each workload times with glibc's malloc thresholds as `jvpcli compute` sets them
+(jvpcli._malloc: blocks of up to 32 MiB from the heap, the heap trimmed only above 1 GiB free),
+for every contender alike. With glibc's own moving thresholds a process hands its heap back and
+faults it in again on every call or on none, depending on what it freed before: the same
+workload read 2.36x one run and 2.68x the next. --allocator as-is times as the environment
+leaves it (benchmarks/malloc.py measures the difference).
+
 Memory: each (workload, contender) pair runs in a fresh process, with glibc's allocator pinned
 (MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ at 128 KiB). Unpinned, glibc raises its mmap
 threshold (up to 32 MiB) the first time a large block is freed, after which large tensors come
@@ -60,6 +67,7 @@ from rich.console import Console
 from rich.table import Table
 
 import jvpcli
+from jvpcli._malloc import MMAP_THRESHOLD, TRIM_THRESHOLD
 from jvpcli.benchmark import (
     FORWARD,
     PYTORCH_PEERS,
@@ -87,6 +95,11 @@ CONTENDERS = {  # every contender, in the tables' order, and its column heading
 }
 PROBED = (FORWARD, "jvpcli auto", "torch.autograd.functional.jvp", "torch.func.jvp")
 PINNED_ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+TIMING_ALLOCATOR = {
+    "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
+    "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD),
+}
+"""What ``jvpcli compute`` sets with ``mallopt``, as the environment variables that set it."""
 ALLOCATOR_KEYS = (*PINNED_ALLOCATOR, "MALLOC_ARENA_MAX", "LD_PRELOAD")
 
 
@@ -398,6 +411,7 @@ class Settings:
     precision: float
     compile: bool
     min_seconds: float = 0.0
+    allocator: str = "tuned"  # or "as-is": see the module docstring
 
 
 def time_workload(workload: Workload, settings: Settings) -> dict[str, Timing]:
@@ -437,6 +451,7 @@ def timed_in_a_fresh_process(name: str, settings: Settings) -> tuple[dict, float
         capture_output=True,
         text=True,
         check=False,
+        env={**os.environ, **TIMING_ALLOCATOR} if settings.allocator == "tuned" else None,
     )
     if worker.returncode != 0:
         sys.stderr.write(worker.stderr)
@@ -451,6 +466,7 @@ def _time_workload_here(name: str, settings_json: str) -> None:
     inductor_startup = _start_inductor() if settings.compile else None
     timings = time_workload(WORKLOADS[name], settings)
     entry = workload_entry(WORKLOADS[name], timings)
+    entry["allocator"] = {key: os.environ.get(key) for key in ALLOCATOR_KEYS}
     print(json.dumps({"entry": entry, "inductor_startup_seconds": inductor_startup}))
 
 
@@ -672,8 +688,13 @@ def header(settings: Settings) -> dict:
         f"Python {platform.python_version()}",
         "threads": f"{torch.get_num_threads()} intra-op, {torch.get_num_interop_threads()} "
         f"inter-op (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')})",
-        "allocator": "timing as the environment leaves it ("
-        + ", ".join(f"{k}={v}" for k, v in allocator.items())
+        "allocator": (
+            "timing with jvpcli compute's thresholds ("
+            + " ".join(f"{k}={v}" for k, v in TIMING_ALLOCATOR.items())
+            if settings.allocator == "tuned"
+            else "timing as the environment leaves it ("
+            + ", ".join(f"{k}={v}" for k, v in allocator.items())
+        )
         + "); memory probes with "
         + " ".join(f"{k}={v}" for k, v in PINNED_ALLOCATOR.items()),
         "rounds": f"interleaved, order rotated, {settings.warmup} warm-up; at least "
@@ -732,6 +753,12 @@ def _arguments() -> argparse.Namespace:
     )
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (2)")
     parser.add_argument(
+        "--allocator",
+        choices=("tuned", "as-is"),
+        default="tuned",
+        help="glibc's thresholds while timing: jvpcli compute's (tuned), or the environment's",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="a smoke test: 2 rounds after 1 warm-up, no budget, nothing compiled",
@@ -762,11 +789,17 @@ def main() -> None:
         _time_workload_here(*args.time_workload)
         return
     if args.quick:
-        settings = Settings(2, 1, 0.0, args.precision, bool(args.compile))
+        settings = Settings(2, 1, 0.0, args.precision, bool(args.compile), 0.0, args.allocator)
     else:
         compiled = args.compile is None or args.compile
         settings = Settings(
-            args.rounds, args.warmup, args.budget, args.precision, compiled, args.min_seconds
+            args.rounds,
+            args.warmup,
+            args.budget,
+            args.precision,
+            compiled,
+            args.min_seconds,
+            args.allocator,
         )
 
     console = Console(width=max(Console().width, 240))  # tables stay whole in logs and pipes

@@ -116,6 +116,11 @@ def test_each_workload_times_in_a_fresh_process_untouched_by_state_left_behind(s
 
     assert inductor_startup is None  # nothing compiled
     assert entry["rounds"] == 2
+    # Timed with the thresholds jvpcli compute sets, whatever the parent's allocator.
+    assert {key: entry["allocator"][key] for key in suite.TIMING_ALLOCATOR} == {
+        "MALLOC_MMAP_THRESHOLD_": "33554432",
+        "MALLOC_TRIM_THRESHOLD_": "1073741824",
+    }
     assert set(entry["contenders"]) == {
         "forward pass",
         "jvpcli auto",
