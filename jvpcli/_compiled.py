@@ -15,6 +15,11 @@ sizes, dtypes and devices), in a bounded cache shared by every call in the proce
 every run of a sweep). Dynamo's guards stay on inside each entry: a function that changes in a
 way that matters (another module attribute, a weight replaced by a tensor of another size) is
 traced again, never reused stale; weights updated in place are read as they are at each call.
+Every graph is checked by the probe (:func:`_refuse_what_a_graph_gets_wrong`): the first before
+it is compiled, each later one (dynamo tracing again after a guard failed, e.g. a module put in
+train mode, which may now reach dropout or a custom ``autograd.Function``) right after its first
+run, from the random state it ran with; a graph the probe refuses is not used, and the entry is
+computed eagerly from then on.
 Each entry compiles its own copy of the wrapper's code, so that dynamo's per-code recompile
 limit counts one function's recompiles only.
 
@@ -28,8 +33,8 @@ import types
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -53,6 +58,8 @@ from jvpcli.engine import (
 
 __all__ = ["CACHE_SIZE", "Backend", "clear_cache", "forward"]
 
+_Selected = TypeVar("_Selected")
+
 Backend = str | Callable[..., Any]
 """What ``compile`` names: ``True`` for inductor, or a ``torch.compile`` backend."""
 
@@ -62,10 +69,13 @@ CACHE_SIZE = 64
 
 @dataclass
 class _Entry:
-    compiled: Callable[..., tuple[object, object]]
     owner: Callable[[], object | None]  # the function it was compiled for, or None once gone
+    compiled: Callable[..., tuple[object, object]] = field(init=False)  # by _compile
     compiled_once: bool = False
-    failure: str | None = None  # why its first call failed to trace or compile
+    failure: str | None = None  # why it failed to trace or compile, or why the probe refused it
+    # Set by the backend when dynamo compiles another graph for a compiled entry during a call:
+    # the random state before that graph first ran, for the probe after it.
+    recompiled_from: _RandomState | None = None
 
 
 _CACHE: OrderedDict[Hashable, _Entry] = OrderedDict()
@@ -87,12 +97,14 @@ def forward(
     batched: bool,
     backend: Backend,
     identity: object,
-) -> tuple[object, object, float]:
-    """The forward method, compiled: ``(outputs, tangents, compile_seconds)``.
+    select: Callable[[object, object], _Selected],
+) -> tuple[_Selected, float]:
+    """The forward method, compiled: ``(select(outputs, tangents), compile_seconds)``.
 
     ``outputs`` is what ``func`` returned, each tensor leaf (of torch's pytrees) replaced by its
     primal, detached; ``tangents`` the same structure with each tensor's tangent (zeros for a
-    tensor that does not depend on the inputs) and None for every other leaf.
+    tensor that does not depend on the inputs) and None for every other leaf; ``select`` makes
+    the caller's results of them, and raises if it cannot (a leaf torch's pytrees left whole).
     ``compile_seconds``: the time spent tracing and compiling in this call (the whole first call
     of a cache entry), 0 when the entry was compiled before. ``identity``: what the cache knows
     the function by (``func`` itself, or, for ``jvp_tree``, the user's function, whose wrapper is
@@ -100,7 +112,9 @@ def forward(
     check it).
 
     Raises:
-        Exception: whatever tracing or compiling raised; the engine then computes eagerly.
+        Exception: whatever tracing, compiling, the probe or ``select`` raised; the engine then
+            computes eagerly. An entry whose first call failed, whose probe refused a graph or
+            whose results ``select`` refused is computed eagerly at every later call too.
     """
     primals = _dual_ready(tuple(x.detach() for x in inputs))
     tangents = tuple(t.detach() for t in v)
@@ -116,7 +130,8 @@ def forward(
     if entry is not None and entry.owner() is not identity:
         entry = None  # the id of a function that is gone, reused by another
     if entry is None:
-        entry = _Entry(_compile(batched, backend), _reference(identity))
+        entry = _Entry(_reference(identity))
+        entry.compiled = _compile(batched, backend, entry)
         _CACHE[key] = entry
         while len(_CACHE) > CACHE_SIZE:
             _CACHE.popitem(last=False)
@@ -133,6 +148,7 @@ def forward(
                 _refuse_what_a_graph_gets_wrong(func, primals, random_state)
             finally:
                 random_state.restore()  # the probe's draws are not the function's
+        entry.recompiled_from = None
         torch._C._set_grad_enabled(False)  # torch.no_grad, without its Python frames
         outputs, jvps = entry.compiled(func, primals, tangents)
     except Exception as error:
@@ -141,12 +157,39 @@ def forward(
         raise
     finally:
         torch._C._set_grad_enabled(grad_enabled)
+    if entry.recompiled_from is not None:
+        _probe_again(entry, func, primals)
+    try:
+        selected = select(outputs, jvps)
+    except Exception as error:
+        entry.failure = _first_line(error)  # it would fail the same way at every call
+        raise
     compile_seconds = 0.0
     if not entry.compiled_once:
         compile_seconds = time.perf_counter() - start
         entry.compiled_once = True
     _check_inputs_unmodified(primals, versions)
-    return outputs, jvps, compile_seconds
+    return selected, compile_seconds
+
+
+def _probe_again(entry: _Entry, func: Callable[..., object], primals: tuple[Tensor, ...]) -> None:
+    """The probe, for a graph dynamo compiled again during this call (it has run once): raise,
+    and compute the entry eagerly from now on, if the probe refuses the function as it is now.
+
+    Either way the random state is the one the graph ran from: a graph the probe accepts draws
+    no random numbers, and one it refuses may have drawn its own (inductor's), which are not the
+    function's."""
+    random_state = entry.recompiled_from
+    assert random_state is not None
+    entry.recompiled_from = None
+    random_state.restore()
+    try:
+        _refuse_what_a_graph_gets_wrong(func, primals, random_state)
+    except Exception as error:
+        entry.failure = _first_line(error)
+        raise
+    finally:
+        random_state.restore()
 
 
 def _refuse_what_a_graph_gets_wrong(
@@ -222,7 +265,14 @@ def _reference(identity: object) -> Callable[[], object | None]:
         return lambda: identity
 
 
-def _compile(batched: bool, backend: Backend) -> Callable[..., Any]:
+def _compile(batched: bool, backend: Backend, entry: _Entry) -> Callable[..., Any]:
+    compile_graph = torch._dynamo.lookup_backend(backend) if isinstance(backend, str) else backend
+
+    def probed(graph: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
+        if entry.compiled_once and entry.recompiled_from is None:
+            entry.recompiled_from = _RandomState()  # the graph has not run yet
+        return compile_graph(graph, example_inputs)
+
     wrapper = _batched_wrapper if batched else _wrapper
     # A copy of the code object: dynamo keeps its compiled graphs (and counts recompiles) per code.
     fresh = types.FunctionType(
@@ -230,7 +280,7 @@ def _compile(batched: bool, backend: Backend) -> Callable[..., Any]:
     )
     # dynamic stays None: each entry sees one set of input shapes (its key), and dynamic=False
     # would patch dynamo's config around every call (a few µs, a small function's whole graph).
-    return torch.compile(fresh, backend=backend, fullgraph=True)
+    return torch.compile(fresh, backend=probed, fullgraph=True)
 
 
 def _wrapper(

@@ -459,10 +459,7 @@ def _compiled_forward(
         from jvpcli import _compiled as compiled
 
     backend = "inductor" if compile is True else compile
-    outputs, tangents, seconds = compiled.forward(
-        call.func, inputs, v, batched, backend, call.identity
-    )
-    return call.select(outputs, tangents), seconds
+    return compiled.forward(call.func, inputs, v, batched, backend, call.identity, call.select)
 
 
 # --------------------------------------------------------------------------------------------

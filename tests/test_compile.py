@@ -7,6 +7,8 @@ differences). Compiling takes seconds on a small machine: the tests are few and 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch.autograd.functional import jvp as torch_jvp
@@ -362,6 +364,99 @@ def test_weights_changed_after_compiling_are_read_at_each_call() -> None:
     torch.testing.assert_close(
         jvpcli.jvp(func, x, v, compile="aot_eager")[1], torch_jvp(func, x, v)[1]
     )
+
+
+# A graph dynamo compiles again after a guard failed (here: the module put in train mode) is
+# probed as the first one is: a custom autograd.Function or dropout that only the new graph
+# reaches is computed eagerly, with PyTorch's result, dropout mask and random state after.
+
+
+class RoundStraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+    @staticmethod
+    def jvp(ctx, tangent):
+        return tangent
+
+
+class TrainOnly(torch.nn.Module):
+    """tanh in eval mode; in train mode ``path``: a straight-through rounding or dropout."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(4, 8).double()
+        self.path = path
+
+    def forward(self, x):
+        y = self.linear(x)
+        if not self.training:
+            return y.tanh()
+        if self.path == "function":
+            return RoundStraightThrough.apply(y * 3)
+        return torch.nn.functional.dropout(y, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("path", "backend", "refused"),
+    [
+        ("function", "aot_eager", "custom autograd.Function"),
+        ("dropout", "aot_eager", "draws random numbers"),
+        ("dropout", True, "draws random numbers"),  # inductor draws a mask of its own
+    ],
+)
+def test_a_graph_compiled_again_after_a_guard_failed_is_probed_like_the_first(
+    path, backend, refused
+) -> None:
+    module = TrainOnly(path).eval()
+    x = torch.randn(6, 4, dtype=torch.float64)
+    v = torch.randn(6, 4, dtype=torch.float64)
+    first = jvpcli.jvp_with_info(module, x, v, compile=backend)
+    assert first.info.method_used == "forward (compiled)"
+    module.train()
+    for _ in range(2):  # refused once, the entry stays eager
+        torch.manual_seed(7)
+        expected, after = torch_jvp(module, x, v), torch.rand(3)
+        torch.manual_seed(7)
+        result = jvpcli.jvp_with_info(module, x, v, compile=backend)
+        assert result.info.method_used == "forward"
+        assert refused in result.info.fallbacks[0].reason
+        torch.testing.assert_close((result.func_output, result.jvp), expected)
+        torch.testing.assert_close(torch.rand(3), after)
+
+
+def test_results_a_compiled_call_cannot_return_are_computed_eagerly_from_then_on() -> None:
+    # A dataclass is a leaf to torch's pytrees: the compiled graph runs, its results cannot be
+    # unpacked, and the entry is not run again (in train mode, the graph traced again draws its
+    # own dropout mask, which neither the result nor the random state after may show).
+    @dataclasses.dataclass
+    class Out:
+        y: torch.Tensor
+
+    module = TrainOnly("dropout").eval()
+    backend = CountingBackend()
+
+    def func(x):
+        return Out(module(x))
+
+    x = torch.randn(6, 4, dtype=torch.float64)
+    v = torch.randn(6, 4, dtype=torch.float64)
+    for train in (False, True, True):
+        module.train(train)
+        torch.manual_seed(7)
+        expected, after = torch_jvp(module, x, v), torch.rand(3)
+        torch.manual_seed(7)
+        result = jvpcli.jvp_tree(func, (x,), tangents=(v,), compile=backend)
+        assert result.info.method_used == "forward"
+        torch.testing.assert_close((result.func_output.y, result.jvp.y), expected)
+        torch.testing.assert_close(torch.rand(3), after)
+    assert backend.compiles == 1
 
 
 def test_compiled_jvp_tree_along_parameters_and_keyword_arguments() -> None:
