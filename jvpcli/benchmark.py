@@ -174,10 +174,10 @@ def compare(
     min_seconds: float = 0.0,
 ) -> dict[str, Timing]:
     """Time the calls interleaved: ``warmup`` untimed rounds, then ``repeats`` timed ones, then
-    more while the timed rounds have taken less than ``min_seconds``, then (while they have
-    taken less than ``budget`` seconds) more until every candidate's median is known to within
-    ``precision`` (:attr:`Timing.uncertainty`; of its ratio to the forward pass where there is
-    one, since that is what is reported); never more than ``max_rounds`` timed rounds.
+    (up to ``max_rounds`` timed rounds in all) more while the timed rounds have taken less than
+    ``min_seconds``, then more while they have taken less than ``budget`` seconds, until every
+    candidate's median is known to within ``precision`` (:attr:`Timing.uncertainty`; of its
+    ratio to the forward pass where there is one, since that is what is reported).
 
     ``min_seconds`` spreads the rounds over time: a shared machine's slow and quiet spells last
     seconds, and a few rounds taken inside one of them agree with each other (a precise median)

@@ -883,14 +883,24 @@ def _check_inputs_unmodified(primals: tuple[Tensor, ...], versions: list[int]) -
 
 
 def _dual_ready(primals: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-    """Primals that can carry a tangent: an expanded tensor (a stride of 0) cannot, as its
-    tangent would be written in its layout, so it is materialised."""
-    # A contiguous tensor has no stride of 0 over more than one element: checked first, in C.
-    return tuple(x if x.is_contiguous() or not _is_expanded(x) else x.contiguous() for x in primals)
+    """Primals that can carry a tangent: one whose elements may share memory (an expanded
+    tensor, a stride of 0; sliding windows from ``unfold``) cannot, as its tangent is written in
+    its layout, where the directions of the elements that share would overwrite each other; it
+    is materialised."""
+    # A contiguous tensor has no elements that share memory: checked first, in C.
+    return tuple(x if x.is_contiguous() or not _may_overlap(x) else x.contiguous() for x in primals)
 
 
-def _is_expanded(x: Tensor) -> bool:
-    return any(st == 0 and sz > 1 for st, sz in zip(x.stride(), x.shape, strict=True))
+def _may_overlap(x: Tensor) -> bool:
+    """False where no two elements of ``x`` can share memory: with the dimensions ordered by
+    stride, each stride passes every offset the smaller ones reach (a stride of 0 never does)."""
+    reach = 0
+    for stride, size in sorted(zip(x.stride(), x.shape, strict=True)):
+        if size > 1:
+            if stride <= reach:
+                return True
+            reach += stride * (size - 1)
+    return False
 
 
 def _discard(_: Tensor) -> None:

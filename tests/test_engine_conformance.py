@@ -1069,6 +1069,20 @@ def expanded(dtype: torch.dtype) -> Case:
     return Case(torch.exp, x, randn(1, 4, dtype=dtype).expand(3, 4))
 
 
+@case("layout-overlapping-windows")
+def overlapping_windows(dtype: torch.dtype) -> Case:
+    # Sliding windows share memory without a stride of 0: each element's direction is its own.
+    x = randn(5, dtype=dtype).unfold(0, 3, 1)
+    y = randn(20, dtype=dtype).as_strided((3, 4), (3, 2))  # rows overlapping by one element
+    return case_of(lambda x, y: (x * x, x.sum(1, keepdim=True) * y[:, :1]), x, y)
+
+
+@case("layout-strided-with-gaps")
+def strided_with_gaps(dtype: torch.dtype) -> Case:
+    x = randn(6, 10, dtype=dtype)[::2, 1::3].t()
+    return case_of(torch.tanh, x)
+
+
 @case("layout-channels-last-conv")
 def channels_last(dtype: torch.dtype) -> Case:
     conv = module(nn.Conv2d(3, 4, 3), dtype)
