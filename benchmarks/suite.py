@@ -27,6 +27,7 @@ Allocator: each workload times with glibc's malloc thresholds as `jvpcli compute
 for every contender alike. With glibc's own moving thresholds a process hands its heap back and
 faults it in again on every call or on none, depending on what it freed before: the same
 workload read 2.36x one run and 2.68x the next. --allocator as-is times as the environment
+leaves it, and so does an environment that chose its allocator already, as `jvpcli compute`
 leaves it (benchmarks/malloc.py measures the difference).
 
 Memory: each (workload, contender) pair runs in a fresh process, with glibc's allocator pinned
@@ -67,7 +68,7 @@ from rich.console import Console
 from rich.table import Table
 
 import jvpcli
-from jvpcli._malloc import MMAP_THRESHOLD, TRIM_THRESHOLD
+from jvpcli._malloc import MMAP_THRESHOLD, TRIM_THRESHOLD, chosen_already
 from jvpcli.benchmark import (
     FORWARD,
     PYTORCH_PEERS,
@@ -451,13 +452,20 @@ def timed_in_a_fresh_process(name: str, settings: Settings) -> tuple[dict, float
         capture_output=True,
         text=True,
         check=False,
-        env={**os.environ, **TIMING_ALLOCATOR} if settings.allocator == "tuned" else None,
+        env={**os.environ, **TIMING_ALLOCATOR} if _tunes_allocator(settings) else None,
     )
     if worker.returncode != 0:
         sys.stderr.write(worker.stderr)
         raise SystemExit(f"timing {name!r} failed (exit code {worker.returncode}): see above")
     result = json.loads(worker.stdout.strip().splitlines()[-1])
     return result["entry"], result["inductor_startup_seconds"]
+
+
+def _tunes_allocator(settings: Settings) -> bool:
+    """Whether the timing processes get jvpcli compute's thresholds: asked for, and the
+    environment did not choose its allocator already (a MALLOC_* variable, another allocator in
+    LD_PRELOAD), which jvpcli compute too would leave as it is."""
+    return settings.allocator == "tuned" and chosen_already() is None
 
 
 def _time_workload_here(name: str, settings_json: str) -> None:
@@ -691,7 +699,7 @@ def header(settings: Settings) -> dict:
         "allocator": (
             "timing with jvpcli compute's thresholds ("
             + " ".join(f"{k}={v}" for k, v in TIMING_ALLOCATOR.items())
-            if settings.allocator == "tuned"
+            if _tunes_allocator(settings)
             else "timing as the environment leaves it ("
             + ", ".join(f"{k}={v}" for k, v in allocator.items())
         )

@@ -101,6 +101,20 @@ def test_the_memory_probe_runs_in_a_fresh_process_with_the_allocator_pinned(suit
     )
 
 
+def test_timing_takes_jvpcli_computes_allocator_unless_the_environment_chose_one(
+    suite, monkeypatch
+):
+    settings = suite.Settings(2, 1, 0.0, 0.03, False)
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    assert "jvpcli compute's thresholds" in suite.header(settings)["allocator"]
+    as_is = suite.Settings(2, 1, 0.0, 0.03, False, allocator="as-is")
+    assert "as the environment leaves it" in suite.header(as_is)["allocator"]
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libjemalloc.so.2")
+    assert "as the environment leaves it" in suite.header(settings)["allocator"]
+
+
 def test_each_workload_times_in_a_fresh_process_untouched_by_state_left_behind(suite):
     # A forward-AD level left open (as a tracer failing half-way leaves one) fails every later
     # forward-mode call in the process with "Nested forward mode AD is not supported"; the
