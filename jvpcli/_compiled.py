@@ -154,11 +154,13 @@ def forward(
     except Exception as error:
         if not entry.compiled_once:
             entry.failure = _first_line(error)
+        elif entry.recompiled_from is not None:
+            entry.recompiled_from.restore()  # a new graph's draws are not the function's
         raise
     finally:
         torch._C._set_grad_enabled(grad_enabled)
     if entry.recompiled_from is not None:
-        _probe_again(entry, func, primals)
+        _probe_again(entry, func, primals, entry.recompiled_from)
     try:
         selected = select(outputs, jvps)
     except Exception as error:
@@ -172,15 +174,19 @@ def forward(
     return selected, compile_seconds
 
 
-def _probe_again(entry: _Entry, func: Callable[..., object], primals: tuple[Tensor, ...]) -> None:
-    """The probe, for a graph dynamo compiled again during this call (it has run once): raise,
-    and compute the entry eagerly from now on, if the probe refuses the function as it is now.
+def _probe_again(
+    entry: _Entry,
+    func: Callable[..., object],
+    primals: tuple[Tensor, ...],
+    random_state: _RandomState,
+) -> None:
+    """The probe, for a graph dynamo compiled again during this call (it has run once, from
+    ``random_state``): raise, and compute the entry eagerly from now on, if the probe refuses the
+    function as it is now.
 
     Either way the random state is the one the graph ran from: a graph the probe accepts draws
     no random numbers, and one it refuses may have drawn its own (inductor's), which are not the
     function's."""
-    random_state = entry.recompiled_from
-    assert random_state is not None
     entry.recompiled_from = None
     random_state.restore()
     try:
